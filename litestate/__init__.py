@@ -1,0 +1,49 @@
+"""litestate: decorator-based, race-free state machines for SQLAlchemy models."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from litestate.core import (
+    ConflictError,
+    DeclarationError,
+    GuardError,
+    InvalidStateError,
+    Transition,
+    TransitionError,
+    available_transitions,
+    can_transition,
+    set_clock,
+    state_column,
+    transition,
+    transition_committed,
+    transition_failed,
+    transition_invalid,
+    transition_state,
+    transition_succeeded,
+    transitions,
+)
+
+try:
+    __version__ = version("litestate")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ConflictError",
+    "DeclarationError",
+    "GuardError",
+    "InvalidStateError",
+    "Transition",
+    "TransitionError",
+    "__version__",
+    "available_transitions",
+    "can_transition",
+    "set_clock",
+    "state_column",
+    "transition",
+    "transition_committed",
+    "transition_failed",
+    "transition_invalid",
+    "transition_state",
+    "transition_succeeded",
+    "transitions",
+]
