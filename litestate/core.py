@@ -173,7 +173,7 @@ class Transition:
         self._refresh: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
-        frm = "*" if self.frm is None else sorted(map(repr, self.frm))
+        frm = "*" if self.frm is None else " | ".join(sorted(map(repr, self.frm)))
         return f"<Transition {self.event}: {frm} -> {self.to!r} on {self.column}>"
 
 
@@ -680,15 +680,25 @@ def _refuse(t: Transition, obj: Any, current: Any, reason: str, detail: str,
             args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
     error = _ERRORS[reason](obj, t.event, current, t.to, t.column, reason, detail)
     if transition_invalid.receivers:
-        transition_invalid.send(type(obj), **_payload(t, obj, current, args, kwargs),
-                                reason=reason, error=error)
+        try:
+            transition_invalid.send(type(obj), **_payload(t, obj, current, args, kwargs),
+                                    reason=reason, error=error)
+        except Exception as exc:
+            exc.add_note(f"raised by a transition_invalid receiver while refusing: {error}")
+            raise
     raise error
 
 
 def _failed(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
             kwargs: dict[str, Any], exc: BaseException) -> None:
     if transition_failed.receivers:
-        transition_failed.send(type(obj), **_payload(t, obj, current, args, kwargs), error=exc)
+        try:
+            transition_failed.send(type(obj), **_payload(t, obj, current, args, kwargs),
+                                   error=exc)
+        except Exception as receiver_exc:
+            receiver_exc.add_note(
+                f"raised by a transition_failed receiver while reporting: {exc!r}")
+            raise
 
 
 def _payload(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
