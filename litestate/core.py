@@ -503,8 +503,9 @@ def _guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]
     else:
         with_args = all(_binds(signature, self_ + a, k) for a, k in shapes)
         if not with_args and not _binds(signature, self_, {}):
+            call = ", ".join(inspect.signature(fn).parameters)
             raise DeclarationError(f"{who}: guard {label} can take neither the call "
-                                   f"{inspect.signature(fn)} nor the instance alone")
+                                   f"{fn.__name__}({call}) nor the instance alone")
     argless = not with_args or not (shapes[0][0] or shapes[0][1])
     if isinstance(g, str):
         if with_args:
