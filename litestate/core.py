@@ -655,8 +655,8 @@ def _fire_in_session(t: Transition, obj: Any, state: Any, session: Session,
                 set_committed_value(obj, ts, old_ts)
         _failed(t, obj, current, args, kwargs, exc)
         raise
-    if not won:
-        session.expire(obj, [t.column])  # the next read shows the row's real state
+    if not won:  # the next read shows the row; the caller's unsaved edits stay
+        session.expire(obj, [k for k in t._refresh if k not in state.committed_state])
         _refuse(t, obj, current, "conflict",
                 f"it was {current!r} when read but the row changed before the write", args,
                 kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,6 +60,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[sa.Engine]
     engine = request.getfixturevalue("pg_engine")
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")  # a leaked lock fails, not hangs
         conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
     yield engine
 
@@ -68,6 +69,20 @@ def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[sa.Engine]
 def session(engine: sa.Engine) -> Iterator[Session]:
     with Session(engine) as session:
         yield session
+
+
+@pytest.fixture
+def new_session(engine: sa.Engine) -> Iterator[Callable[..., Session]]:
+    """Make extra sessions on the engine (``Session`` options as keywords); all closed after."""
+    made: list[Session] = []
+
+    def make(**options: Any) -> Session:
+        made.append(Session(engine, **options))
+        return made[-1]
+
+    yield make
+    for session in made:
+        session.close()
 
 
 @dataclass

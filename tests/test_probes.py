@@ -1,0 +1,56 @@
+"""can_transition and available_transitions: the call's checks, without side effects."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.orm import Session
+
+from litestate import available_transitions, can_transition
+from tests.conftest import SignalLog, StatementLog
+from tests.models import Account, Subscription, Todo
+
+
+@pytest.mark.parametrize(("status", "allowed"), [
+    ("pending", ["start", "complete", "dismiss"]),
+    ("doing", ["complete", "dismiss"]),
+    ("completed", ["reopen"]),
+    ("blocked", ["unblock"]),
+    ("dismissed", []),
+])
+def test_available_transitions_follow_the_state(status: str, allowed: list[str]) -> None:
+    todo = Todo(status=status)
+    assert available_transitions(todo) == allowed
+    for event in ("start", "complete", "dismiss"):
+        assert can_transition(todo, event, "ada") is (event in allowed)
+    for event in ("unblock", "reopen"):
+        assert can_transition(todo, event) is (event in allowed)
+
+
+def test_probes_apply_guards_with_and_without_arguments() -> None:
+    subscription = Subscription(status="suspended", payment_status="unpaid", balance=50,
+                                eligible=False)
+    assert not can_transition(subscription, "reactivate")
+    assert can_transition(subscription, "mark_paid", 50)
+    assert not can_transition(subscription, "mark_paid", amount=10)
+    # mark_paid's guard needs the amount: available_transitions cannot ask it
+    assert available_transitions(subscription) == ["cancel", "mark_paid"]
+    subscription.eligible = True
+    assert can_transition(subscription, "reactivate")
+
+
+def test_probes_send_no_sql_and_no_signal(
+        session: Session, signals: SignalLog, sql: StatementLog) -> None:
+    account = Account(balance=0)
+    session.add(account)
+    session.flush()
+    sql.statements.clear()
+    assert can_transition(account, "close")  # even lock=True takes no lock in a probe
+    assert available_transitions(account) == ["close", "freeze", "reopen"]
+    assert sql.statements == []
+    assert signals.heard == []
+    assert account.status == "open"
+
+
+def test_an_unknown_event_is_an_error_not_false() -> None:
+    with pytest.raises(ValueError, match=r"Todo has no transition 'strat'; it has \['start'"):
+        can_transition(Todo(), "strat")
