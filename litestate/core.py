@@ -489,8 +489,8 @@ def _guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]
         raw = inspect.getattr_static(cls, g, None)
         if raw is None:
             raise DeclarationError(f"{who}: guard {g!r} is not an attribute of {cls.__name__}")
-        if isinstance(raw, property):
-            return g, lambda obj, args, kwargs: getattr(obj, g), True
+        if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
+            return g, lambda obj, args, kwargs: getattr(obj, g), True  # a property, a column
         target, bound = getattr(cls, g), not inspect.isfunction(raw)
         label = g
     else:
@@ -637,6 +637,9 @@ def _fire_in_session(t: Transition, obj: Any, state: Any, session: Session,
             set_committed_value(obj, t.column, t.to)
             if ts is not None:
                 set_committed_value(obj, ts, now)
+            # What the ORM's flush does for a row it updated: any rollback of this
+            # transaction (or of a savepoint enclosing it) now expires the object.
+            session._register_altered([state])
             result = None if t._fn is None else t._fn(obj, *args, **kwargs)
             if savepoint is not None:
                 session.flush()

@@ -106,9 +106,9 @@ class SignalLog:
         self.heard.clear()
 
 
-@pytest.fixture
-def signals() -> Iterator[SignalLog]:
-    """Records every litestate signal sent during the test (strong references)."""
+@contextlib.contextmanager
+def recording() -> Iterator[SignalLog]:
+    """Record every litestate signal sent inside the block (strong references)."""
     log = SignalLog()
     with contextlib.ExitStack() as stack:
         for signal in (litestate.transition_succeeded, litestate.transition_invalid,
@@ -116,6 +116,13 @@ def signals() -> Iterator[SignalLog]:
             def receiver(sender: Any, _name: str = signal.name, **payload: Any) -> None:
                 log.heard.append(Heard(_name, sender, payload))
             stack.enter_context(signal.connected_to(receiver))
+        yield log
+
+
+@pytest.fixture
+def signals() -> Iterator[SignalLog]:
+    """Records every litestate signal sent during the test."""
+    with recording() as log:
         yield log
 
 

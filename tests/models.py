@@ -248,3 +248,39 @@ class Account(Base):
     @transition(frm="*", to="open")
     def reopen(self) -> None:
         pass
+
+
+class JobFailed(Exception):
+    """What a Job body raises when asked to fail."""
+
+
+@state_column("state")
+class Job(Base):
+    """For the property tests: guards, failing bodies, an empty body, a '*' transition."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state: Mapped[str] = mapped_column(sa.String(20), default="new")
+    attempts: Mapped[int] = mapped_column(default=0)
+    allow: Mapped[bool] = mapped_column(default=True)
+    started_at: Mapped[datetime | None]
+
+    @transition(frm="new", to="running", timestamp="started_at", guard="allow")
+    def run(self, fail: bool = False) -> None:
+        self.attempts += 1
+        if fail:
+            raise JobFailed
+
+    @transition(frm="running", to="done", guard=lambda self, fail=False: self.attempts > 0)
+    def finish(self, fail: bool = False) -> None:
+        if fail:
+            raise JobFailed
+
+    @transition(frm=["new", "running"], to="canceled")
+    def cancel(self, fail: bool = False) -> None:
+        if fail:
+            raise JobFailed
+
+    @transition(frm="*", to="new")
+    def reset(self) -> None:
+        pass

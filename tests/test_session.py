@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from datetime import datetime
 
 import pytest
@@ -10,9 +12,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import DetachedInstanceError
 
 import litestate
-from litestate import InvalidStateError
-from tests.conftest import SignalLog, StatementLog
-from tests.models import PaymentIntent, PaymentStatus, Todo, TodoEvent
+from litestate import GuardError, InvalidStateError
+from tests.conftest import SignalLog, StatementLog, recording
+from tests.models import Job, PaymentIntent, PaymentStatus, Todo, TodoEvent
 
 
 def _todo(session: Session, **values: object) -> Todo:
@@ -349,3 +351,34 @@ def test_a_committed_receiver_that_raises_leaves_the_commit_and_other_signals(
     third = _todo(session)  # the session is usable
     third.start("ada")
     session.commit()
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_a_callers_savepoint_rollback_undoes_a_transition_in_memory_too(
+        session: Session, listen: bool) -> None:
+    """With no receiver, cancel_fast has no SAVEPOINT of its own; either way the
+    caller's rollback must expire what the transition wrote."""
+    intent = PaymentIntent()
+    session.add(intent)
+    session.commit()
+    with contextlib.ExitStack() as stack:
+        if listen:
+            stack.enter_context(recording())
+        savepoint = session.begin_nested()
+        litestate.transition_state(intent, event="cancel_fast", frm="pending", to="canceled")
+        savepoint.rollback()
+    assert intent.status is PaymentStatus.pending
+    session.commit()
+    session.expire_all()
+    assert intent.status is PaymentStatus.pending
+
+
+def test_a_guard_may_name_a_column_or_property(session: Session) -> None:
+    job = Job(allow=False)
+    session.add(job)
+    session.commit()
+    with pytest.raises(GuardError, match="guard allow returned false"):
+        job.run()
+    job.allow = True
+    job.run()
+    assert job.state == "running"
