@@ -57,12 +57,22 @@ def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[sa.Engine]
         yield engine
         engine.dispose()
         return
-    engine = request.getfixturevalue("pg_engine")
+    yield emptied(request.getfixturevalue("pg_engine"))
+
+
+def emptied(engine: sa.Engine) -> sa.Engine:
+    """Empty every table of a PostgreSQL engine; a leaked lock fails here, not hangs."""
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
-        conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")  # a leaked lock fails, not hangs
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")
         conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-    yield engine
+    return engine
+
+
+@pytest.fixture
+def pg(pg_engine: sa.Engine) -> sa.Engine:
+    """The PostgreSQL engine alone, emptied: for tests that need real concurrency."""
+    return emptied(pg_engine)
 
 
 @pytest.fixture
