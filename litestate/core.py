@@ -33,7 +33,7 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
@@ -131,7 +131,7 @@ class DeclarationError(ValueError):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 _clock: Callable[[], datetime] = _utcnow
@@ -167,7 +167,7 @@ class Transition:
         self._fn: Callable[..., Any] | None = None
         self._guards: tuple[tuple[str, Callable[..., object], bool], ...] = ()
         self._mapped, self._naive = False, False
-        self._stmt: sa.Update | None = None
+        self._stmt: Any = None  # the precompiled conditional UPDATE, for mapped classes
         self._bind: dict[str, Any] = {}
         self._pk: tuple[tuple[str, int], ...] = ()
         self._refresh: tuple[str, ...] = ()
@@ -216,7 +216,7 @@ def state_column(column: str) -> Callable[[_C], _C]:
         raise DeclarationError(f"@state_column({column!r}): a column is a non-empty str")
 
     def decorate(cls: _C) -> _C:
-        cls.__litestate_column__ = column
+        setattr(cls, "__litestate_column__", column)  # noqa: B010 - a class we do not type
         _build(cls, sa.inspect(cls, raiseerr=False), strict=True)
         return cls
 
@@ -405,7 +405,7 @@ def _resolve_table(t: Transition, who: str, mapper: Mapper[Any]) -> None:
                                    " not a DateTime")
         t._naive = not ts_col.type.timezone
         values[ts_col] = sa.bindparam("ls_ts", type_=ts_col.type)
-    where = [c == sa.bindparam(name) for (name, _), c in zip(pk, table.primary_key)]
+    where = [c == sa.bindparam(name) for (name, _), c in zip(pk, table.primary_key, strict=True)]
     t._stmt = sa.update(table).where(*where, state_col == sa.bindparam("ls_from")).values(values)
     t._pk, t._bind, t._mapped = pk, {"mapper": mapper}, True
     t._refresh = tuple(p.key for p in mapper.column_attrs)
@@ -527,7 +527,8 @@ def _call_shapes(fn: Callable[..., Any]) -> list[tuple[tuple[Any, ...], dict[str
     for p in list(inspect.signature(fn).parameters.values())[1:]:
         required = p.default is p.empty
         if p.kind is p.POSITIONAL_ONLY:
-            pos.append(None), kw_pos.append(None)
+            pos.append(None)
+            kw_pos.append(None)
             need += [None] if required else []
         elif p.kind is p.POSITIONAL_OR_KEYWORD:
             pos.append(None)
@@ -715,7 +716,7 @@ def _payload(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
 def _now(t: Transition) -> datetime:
     now = _clock()
     if t._naive and now.tzinfo is not None:
-        return now.astimezone(timezone.utc).replace(tzinfo=None)
+        return now.astimezone(UTC).replace(tzinfo=None)
     return now
 
 

@@ -61,9 +61,11 @@ def postgres_server() -> Iterator[str]:
     data, log, port = os.path.join(tmp, "data"), os.path.join(tmp, "server.log"), _free_port()
 
     def run(*cmd: str) -> None:
-        ids = {} if account is None else {"user": account.pw_uid, "group": account.pw_gid,
-                                          "extra_groups": []}
-        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False, **ids)
+        done = subprocess.run(
+            cmd, cwd=tmp, capture_output=True, text=True, check=False,
+            user=None if account is None else account.pw_uid,
+            group=None if account is None else account.pw_gid,
+            extra_groups=None if account is None else [])
         if done.returncode:
             detail = done.stderr.strip() or done.stdout.strip()
             if os.path.exists(log):

@@ -130,7 +130,8 @@ def test_a_guard_naming_a_missing_method() -> None:
 
 
 def test_a_guard_that_cannot_take_the_call() -> None:
-    with declaration_error(r"Plain1\.go: guard .* can take neither the call go\(self, amount\) nor"):
+    with declaration_error(
+            r"Plain1\.go: guard .* can take neither the call go\(self, amount\) nor"):
         class Plain1:
             @transition(frm="a", to="b", column="s",
                         guard=lambda self, amount, currency: True)
@@ -146,7 +147,7 @@ def test_two_transitions_with_one_name() -> None:
                 pass
 
             @transition(frm="b", to="c", column="s")  # type: ignore[no-redef]
-            def go(self) -> None:
+            def go(self) -> None:  # noqa: F811 - the duplicate under test
                 pass
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -63,11 +63,11 @@ def test_a_plain_object_transitions_in_memory(frozen_clock: datetime) -> None:
 
 def test_the_default_clock_is_utc() -> None:
     door = Door()
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     door.open()
     assert door.opened_at is not None
-    assert door.opened_at.tzinfo is timezone.utc
-    assert before <= door.opened_at <= datetime.now(timezone.utc)
+    assert door.opened_at.tzinfo is UTC
+    assert before <= door.opened_at <= datetime.now(UTC)
 
 
 def test_a_raising_body_restores_state_and_timestamp(signals: SignalLog) -> None:
@@ -88,7 +88,7 @@ def test_a_plain_object_is_refused_with_its_state_and_the_allowed_ones() -> None
         "open", "open", "invalid")
     assert "open starts from 'closed'" in str(info.value)
     locked = Door(locked=True)
-    with pytest.raises(GuardError, match="guard Door.<lambda> returned false"):
+    with pytest.raises(GuardError, match=r"guard Door\.<lambda> returned false"):
         locked.open()
     assert locked.state == "closed"
 

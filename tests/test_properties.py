@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,13 +17,6 @@ from litestate import TransitionError
 from tests.conftest import SignalLog, recording
 from tests.models import Job, JobFailed
 
-EVENTS = {  # event: (allowed from, to, guard, body increments attempts)
-    "run": ({"new"}, "running", lambda ref: ref.allow, True),
-    "finish": ({"running"}, "done", lambda ref: ref.attempts > 0, False),
-    "cancel": ({"new", "running"}, "canceled", lambda ref: True, False),
-    "reset": (None, "new", lambda ref: True, False),
-}
-
 
 @dataclass(frozen=True)
 class Ref:
@@ -32,13 +26,22 @@ class Ref:
     stamped: bool = False
 
 
+# event: (allowed from, to, guard, whether the body increments attempts)
+EVENTS: dict[str, tuple[set[str] | None, str, Callable[[Ref], bool], bool]] = {
+    "run": ({"new"}, "running", lambda ref: ref.allow, True),
+    "finish": ({"running"}, "done", lambda ref: ref.attempts > 0, False),
+    "cancel": ({"new", "running"}, "canceled", lambda ref: True, False),
+    "reset": (None, "new", lambda ref: True, False),
+}
+
+
 @dataclass
 class Expect:
     ref: Ref = field(default_factory=Ref)
     committed_ref: Ref = field(default_factory=Ref)
-    signals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("transition-succeeded", "transition-invalid", "transition-failed",
-         "transition-committed"), 0))
+    signals: dict[str, int] = field(default_factory=lambda: {
+        name: 0 for name in ("transition-succeeded", "transition-invalid", "transition-failed",
+                             "transition-committed")})
     uncommitted: int = 0  # successes since the last commit
 
     def fire(self, event: str, fail: bool, in_memory: bool) -> str:

@@ -23,7 +23,7 @@ def _load_twice(new_session: Callable[..., Session], obj: _T, cls: type[_T]
     setup = new_session()
     setup.add(obj)
     setup.commit()
-    obj_id = obj.id  # type: ignore[attr-defined]
+    obj_id = obj.id
     setup.close()
     first = new_session(expire_on_commit=False)
     second = new_session(expire_on_commit=False)
@@ -50,8 +50,8 @@ def test_two_sessions_firing_start_on_one_row_one_wins_one_conflicts(
     assert len(signals.of("transition-committed")) == 1
 
 
-def test_a_conflict_writes_nothing_and_runs_no_body(engine: sa.Engine, new_session: Callable[..., Session]
-        ) -> None:
+def test_a_conflict_writes_nothing_and_runs_no_body(
+        engine: sa.Engine, new_session: Callable[..., Session]) -> None:
     first, second, mine, theirs = _load_twice(new_session, Todo(title="race"), Todo)
     mine.dismiss("ada")
     first.commit()
@@ -63,9 +63,10 @@ def test_a_conflict_writes_nothing_and_runs_no_body(engine: sa.Engine, new_sessi
         assert (row.status, row.started_at, row.started_by) == ("dismissed", None, None)
 
 
-def test_a_lock_reads_the_fresh_state_and_keeps_unsaved_edits(engine: sa.Engine, new_session: Callable[..., Session]
-        ) -> None:
-    first, second, mine, theirs = _load_twice(new_session, Account(balance=10, owner="ada"), Account)
+def test_a_lock_reads_the_fresh_state_and_keeps_unsaved_edits(
+        engine: sa.Engine, new_session: Callable[..., Session]) -> None:
+    first, second, mine, theirs = _load_twice(
+        new_session, Account(balance=10, owner="ada"), Account)
     theirs.balance = 0  # someone empties the account and commits
     second.commit()
     assert mine.balance == 10  # our copy is stale
@@ -78,18 +79,18 @@ def test_a_lock_reads_the_fresh_state_and_keeps_unsaved_edits(engine: sa.Engine,
         assert (row.status, row.owner) == ("closed", "ada lovelace")
 
 
-def test_without_a_lock_the_guard_sees_the_stale_value(engine: sa.Engine, new_session: Callable[..., Session]
-        ) -> None:
-    first, second, mine, theirs = _load_twice(new_session, Account(balance=10), Account)
+def test_without_a_lock_the_guard_sees_the_stale_value(
+        engine: sa.Engine, new_session: Callable[..., Session]) -> None:
+    _, second, mine, theirs = _load_twice(new_session, Account(balance=10), Account)
     theirs.balance = 0
     second.commit()
     with pytest.raises(GuardError):
         mine.freeze()  # the guard's read is a hint; lock=True is the cure
 
 
-def test_a_lock_sees_a_state_changed_by_another_session(engine: sa.Engine, new_session: Callable[..., Session]
-        ) -> None:
-    first, second, mine, theirs = _load_twice(new_session, Account(), Account)
+def test_a_lock_sees_a_state_changed_by_another_session(
+        engine: sa.Engine, new_session: Callable[..., Session]) -> None:
+    _, second, mine, theirs = _load_twice(new_session, Account(), Account)
     theirs.freeze()
     second.commit()
     assert mine.status == "open"  # stale
