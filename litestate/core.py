@@ -228,11 +228,14 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
 
     Reads attributes only: no write, no signal, no lock.
     """
-    t = _lookup(type(obj), event)
+    try:
+        t = _REGISTRY[type(obj)][event]
+    except KeyError:
+        t = _lookup(type(obj), event)
     current = getattr(obj, t.column, None)
     if current is None or (t.frm is not None and current not in t.frm):
         return False
-    return all(check(obj, args, kwargs) for _, check, _ in t._guards)
+    return not t._guards or all(check(obj, args, kwargs) for _, check, _ in t._guards)
 
 
 def available_transitions(obj: object) -> list[str]:
@@ -576,22 +579,23 @@ _MISSING = object()
 
 
 def _fire(t: Transition, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Every call lands here: objects in a session go on; the rest run in memory, inline
+    (this is the hot path: no call that the common case does not need)."""
     if t._mapped:
         state = obj._sa_instance_state
-        session = state.session
-        if session is not None:
-            return _fire_in_session(t, obj, state, session, args, kwargs)
+        if state.session_id is not None:
+            session = state.session
+            if session is not None:
+                return _fire_in_session(t, obj, state, session, args, kwargs)
         if state.key is not None:
             raise DetachedInstanceError(
                 f"cannot {t.event}() {_describe(obj)}: it is detached from its session, so "
                 "the write could not be checked; merge() it into a session first")
-    return _fire_in_memory(t, obj, args, kwargs)
-
-
-def _fire_in_memory(t: Transition, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-                    ) -> Any:
-    current = getattr(obj, t.column, None)
-    _check(t, obj, current, args, kwargs)
+        current = obj.__dict__.get(t.column)  # transient: nothing to load, skip the descriptor
+    else:
+        current = getattr(obj, t.column, None)
+    if current is None or (t.frm is not None and current not in t.frm) or t._guards:
+        _check(t, obj, current, args, kwargs)
     ts = t.timestamp
     old_ts = getattr(obj, ts, _MISSING) if ts is not None else None
     setattr(obj, t.column, t.to)
