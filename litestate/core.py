@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import operator
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -165,7 +166,8 @@ class Transition:
         self.event, self.frm, self.to, self.column = event, frm, to, column
         self.timestamp, self.guards, self.lock = timestamp, guards, lock
         self._fn: Callable[..., Any] | None = None
-        self._guards: tuple[tuple[str, Callable[..., object], bool], ...] = ()
+        # (label, guard, whether it takes the call's arguments, whether it can run without)
+        self._guards: tuple[tuple[str, Callable[..., object], bool, bool], ...] = ()
         self._mapped, self._naive = False, False
         self._stmt: Any = None  # the precompiled conditional UPDATE, for mapped classes
         self._bind: dict[str, Any] = {}
@@ -235,7 +237,10 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     current = getattr(obj, t.column, None)
     if current is None or (t.frm is not None and current not in t.frm):
         return False
-    return not t._guards or all(check(obj, args, kwargs) for _, check, _ in t._guards)
+    for _, guard, with_args, _ in t._guards:
+        if not (guard(obj, *args, **kwargs) if with_args else guard(obj)):
+            return False
+    return True
 
 
 def available_transitions(obj: object) -> list[str]:
@@ -248,7 +253,7 @@ def available_transitions(obj: object) -> list[str]:
         current = getattr(obj, t.column, None)
         if current is None or (t.frm is not None and current not in t.frm):
             continue
-        if all(check(obj, (), {}) for _, check, argless in t._guards if argless):
+        if all(guard(obj) for _, guard, with_args, argless in t._guards if argless):
             found.append(t.event)
     return found
 
@@ -485,15 +490,16 @@ def _guard_list(guard: Guard | Sequence[Guard] | None) -> tuple[Guard, ...]:
 
 
 def _guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]
-           ) -> tuple[str, Callable[..., object], bool]:
-    """A guard as ``check(obj, args, kwargs)``, and whether it can run without arguments."""
+           ) -> tuple[str, Callable[..., object], bool, bool]:
+    """A guard as a callable taking the instance (and, if ``with_args``, the call's
+    arguments), and whether it can run without the call's arguments."""
     shapes = _call_shapes(fn)
     if isinstance(g, str):
         raw = inspect.getattr_static(cls, g, None)
         if raw is None:
             raise DeclarationError(f"{who}: guard {g!r} is not an attribute of {cls.__name__}")
         if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
-            return g, lambda obj, args, kwargs: getattr(obj, g), True  # a property, a column
+            return g, operator.attrgetter(g), False, True  # a property, a column
         target, bound = getattr(cls, g), not inspect.isfunction(raw)
         label = g
     else:
@@ -509,14 +515,15 @@ def _guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]
             call = ", ".join(inspect.signature(fn).parameters)
             raise DeclarationError(f"{who}: guard {label} can take neither the call "
                                    f"{fn.__name__}({call}) nor the instance alone")
+    # A method that takes no arguments gives its guards none: call them the cheap way.
+    with_args = with_args and len(inspect.signature(fn).parameters) > 1
     argless = not with_args or not (shapes[0][0] or shapes[0][1])
     if isinstance(g, str):
         if with_args:
-            return label, lambda obj, args, kwargs: getattr(obj, g)(*args, **kwargs), argless
-        return label, lambda obj, args, kwargs: getattr(obj, g)(), argless
-    if with_args:
-        return label, lambda obj, args, kwargs: g(obj, *args, **kwargs), argless
-    return label, lambda obj, args, kwargs: g(obj), argless
+            return label, lambda obj, *args, **kwargs: getattr(obj, g)(*args, **kwargs), \
+                True, argless
+        return label, operator.methodcaller(g), False, argless
+    return label, g, with_args, argless
 
 
 def _call_shapes(fn: Callable[..., Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -680,8 +687,8 @@ def _check(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
     if current is None or (t.frm is not None and current not in t.frm):
         allowed = "any state" if t.frm is None else ", ".join(sorted(map(repr, t.frm)))
         _refuse(t, obj, current, "invalid", f"{t.event} starts from {allowed}", args, kwargs)
-    for label, check, _ in t._guards:
-        if not check(obj, args, kwargs):
+    for label, guard, with_args, _ in t._guards:
+        if not (guard(obj, *args, **kwargs) if with_args else guard(obj)):
             _refuse(t, obj, current, "guard", f"guard {label} returned false", args, kwargs)
 
 

@@ -54,3 +54,26 @@ def test_probes_send_no_sql_and_no_signal(
 def test_an_unknown_event_is_an_error_not_false() -> None:
     with pytest.raises(ValueError, match=r"Todo has no transition 'strat'; it has \['start'"):
         can_transition(Todo(), "strat")
+
+
+def test_a_guard_named_by_a_method_receives_the_call_arguments() -> None:
+    from litestate import state_column, transition
+
+    @state_column("state")
+    class Wallet:
+        def __init__(self) -> None:
+            self.state, self.balance = "open", 10
+
+        def affordable(self, amount: int) -> bool:
+            return amount <= self.balance
+
+        @transition(frm="open", to="open", guard="affordable")
+        def spend(self, amount: int) -> None:
+            self.balance -= amount
+
+    wallet = Wallet()
+    assert can_transition(wallet, "spend", 10)
+    assert not can_transition(wallet, "spend", amount=11)
+    wallet.spend(4)
+    assert wallet.balance == 6
+    assert available_transitions(wallet) == ["spend"]  # the guard needs the amount
