@@ -28,6 +28,7 @@ is the full manual: every option, every signal's payload and the error policy.
 
 from __future__ import annotations
 
+import dis
 import enum
 import functools
 import inspect
@@ -562,14 +563,17 @@ def _no_arguments(self: Any) -> None:
     """The call shape of :func:`transition_state`: the instance and nothing else."""
 
 
-_EMPTY = {f.__code__.co_code for f in (lambda: None, _no_arguments)}
+_RETURN_NONE = ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
 
 
 def _is_empty(fn: Callable[..., Any] | None) -> bool:
     """A body that only returns None needs no SAVEPOINT and is not called at all."""
-    code = getattr(fn, "__code__", None)
-    return code is not None and code.co_code in _EMPTY and fn is not None and \
-        not inspect.isgeneratorfunction(fn) and not inspect.iscoroutinefunction(fn)
+    if not inspect.isfunction(fn) or inspect.isgeneratorfunction(fn) or \
+            inspect.iscoroutinefunction(fn):
+        return False
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(fn)
+           if i.opname not in ("RESUME", "NOP", "CACHE")]
+    return ops in _RETURN_NONE
 
 
 def _with_body(t: Transition, body: Callable[[], Any]) -> Transition:

@@ -169,3 +169,23 @@ def test_a_receiver_for_another_sender_hears_nothing() -> None:
     with litestate.transition_succeeded.connected_to(receiver, sender=Todo):
         Door().open()
     assert heard == []
+
+
+def test_only_a_body_that_does_nothing_is_skipped() -> None:
+    @state_column("state")
+    class Box:
+        state = "a"
+
+        @transition(frm="a", to="b")
+        def docstring_then_constant(self) -> str:
+            "a docstring"
+            return "kept"
+
+        @transition(frm="b", to="a")
+        def documented_only(self) -> None:
+            """Nothing else."""
+
+    box = Box()
+    assert box.docstring_then_constant() == "kept"
+    assert box.documented_only() is None
+    assert box.state == "a"
