@@ -122,6 +122,21 @@ class LiteTodo(_Columns, HandWritten, Base):
         self.counter += 1
 
 
+@state_column("status")
+class ProbeTodo(_Columns, HandWritten, Base):
+    """The peers' machine exactly (start, stop): what the probes compare."""
+
+    __tablename__ = "bench_probe"
+
+    @transition(frm="pending", to="doing")
+    def start(self) -> None:
+        pass
+
+    @transition(frm="doing", to="pending")
+    def stop(self) -> None:
+        pass
+
+
 class HandTodo(_Columns, HandWritten, Base):
     """Hand-written code with litestate's guarantees: conditional UPDATE, rowcount check,
     and a SAVEPOINT around a body."""

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import litestate
-from benchmarks.models import Base, HandTodo, LiteTodo, PlainTodo, Refused
+from benchmarks.models import Base, HandTodo, LiteTodo, PlainTodo, ProbeTodo, Refused
 from benchmarks.peers import peer_classes, statemachine_machine, transitions_machine
 from litestate import TransitionError, available_transitions, can_transition
 from litestate.sqlite import enable_savepoints
@@ -123,10 +123,11 @@ def in_memory() -> None:
     obj = bound(status="pending", allowed=True, counter=0)
     transitions_machine(obj, False)
     sm = statemachine_machine(bound(status="pending", allowed=True, counter=0), False)
+    probe = ProbeTodo(status="pending", allowed=True, counter=0)
     probes: dict[str, Case] = {
-        "hand-written: obj.status == 'pending'": lambda: lite.status == "pending",
-        "litestate can_transition": lambda: can_transition(lite, "start"),
-        "litestate available_transitions": lambda: available_transitions(lite),
+        "hand-written: obj.status == 'pending'": lambda: probe.status == "pending",
+        "litestate can_transition": lambda: can_transition(probe, "start"),
+        "litestate available_transitions": lambda: available_transitions(probe),
         "transitions may_start()": obj.may_start,
         "python-statemachine allowed_events": lambda: sm.start in sm.allowed_events,
     }

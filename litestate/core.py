@@ -235,7 +235,10 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
         t = _REGISTRY[type(obj)][event]
     except KeyError:
         t = _lookup(type(obj), event)
-    current = getattr(obj, t.column, None)
+    # A loaded mapped attribute is in __dict__: skip the descriptor; else let it load.
+    current = obj.__dict__.get(t.column, _MISSING) if t._mapped else _MISSING
+    if current is _MISSING:
+        current = getattr(obj, t.column, None)
     if current is None or (t.frm is not None and current not in t.frm):
         return False
     for _, guard, with_args, _ in t._guards:
@@ -249,14 +252,24 @@ def available_transitions(obj: object) -> list[str]:
 
     Guards that need the call's arguments cannot be asked here and count as passing.
     """
+    try:
+        by_column = _BY_STATE[type(obj)]
+    except KeyError:
+        _transitions_of(type(obj))
+        by_column = _BY_STATE[type(obj)]
     found = []
-    for t in _transitions_of(type(obj)).values():
-        current = getattr(obj, t.column, None)
-        if current is None or (t.frm is not None and current not in t.frm):
+    for column, by_state, any_state in by_column:
+        current = getattr(obj, column, None)
+        if current is None:
             continue
-        if all(guard(obj) for _, guard, with_args, argless in t._guards if argless):
-            found.append(t.event)
-    return found
+        for t in by_state.get(current, any_state):
+            if not t._guards or all(guard(obj) for _, guard, _, argless in t._guards
+                                    if argless):
+                found.append(t)
+    if len(by_column) > 1:  # several state columns: back to declaration order
+        order = list(_REGISTRY[type(obj)].values())
+        found.sort(key=order.index)
+    return [t.event for t in found]
 
 
 def transitions(cls: type) -> tuple[Transition, ...]:
@@ -291,6 +304,8 @@ def transition_state(
 # -- declaration ---------------------------------------------------------------------
 
 _REGISTRY: dict[type, dict[str, Transition]] = {}
+# For available_transitions: per state column, each state's candidates and "*"'s.
+_BY_STATE: dict[type, list[tuple[str, dict[Any, list[Transition]], list[Transition]]]] = {}
 _ADHOC: dict[type, dict[tuple[Any, ...], Transition]] = {}
 
 
@@ -340,6 +355,17 @@ def _build(cls: type, mapper: Mapper[Any] | None, *, strict: bool) -> dict[str, 
     if not strict and default is None and any(d.column is None for d in decls.values()):
         return {}  # @state_column may still come: it runs after the class body
     found = {name: _resolve(cls, mapper, decl) for name, decl in decls.items()}
+    by_column: dict[str, tuple[dict[Any, list[Transition]], list[Transition]]] = {}
+    for t in found.values():
+        by_state, any_state = by_column.setdefault(t.column, ({}, []))
+        for state in t.frm or ():
+            by_state.setdefault(state, list(any_state))
+        for state, candidates in by_state.items():
+            if t.frm is None or state in t.frm:
+                candidates.append(t)
+        if t.frm is None:
+            any_state.append(t)
+    _BY_STATE[cls] = [(column, *tables) for column, tables in by_column.items()]
     _REGISTRY[cls] = found
     _ADHOC.pop(cls, None)
     return found

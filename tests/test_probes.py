@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from sqlalchemy.orm import Session
 
@@ -77,3 +79,53 @@ def test_a_guard_named_by_a_method_receives_the_call_arguments() -> None:
     wallet.spend(4)
     assert wallet.balance == 6
     assert available_transitions(wallet) == ["spend"]  # the guard needs the amount
+
+
+def _brute_force(obj: object) -> list[str]:
+    """What available_transitions promises, computed the slow way."""
+    from litestate import transitions
+
+    found = []
+    for t in transitions(type(obj)):
+        current = getattr(obj, t.column)
+        if current is None or (t.frm is not None and current not in t.frm):
+            continue
+        if t.event == "reactivate" and not getattr(obj, "eligible", True):
+            continue
+        found.append(t.event)
+    return found
+
+
+@pytest.mark.parametrize("status", ["pending", "doing", "completed", "dismissed", "blocked", "?"])
+def test_available_transitions_agree_with_every_transition_checked(status: str) -> None:
+    assert available_transitions(Todo(status=status)) == _brute_force(Todo(status=status))
+
+
+@pytest.mark.parametrize("status", ["trialing", "active", "suspended", "canceled"])
+@pytest.mark.parametrize("payment_status", ["unpaid", "paid", "refunded"])
+@pytest.mark.parametrize("eligible", [True, False])
+def test_available_transitions_of_two_state_columns_keep_declaration_order(
+        status: str, payment_status: str, eligible: bool) -> None:
+    subscription = Subscription(status=status, payment_status=payment_status,
+                                eligible=eligible, balance=0)
+    assert available_transitions(subscription) == _brute_force(subscription)
+
+
+@pytest.mark.parametrize("status", ["open", "closed", "frozen", "anything"])
+def test_available_transitions_include_any_state_transitions(status: str) -> None:
+    account = Account(status=status, balance=0)
+    assert available_transitions(account) == _brute_force(account)
+    assert "reopen" in available_transitions(account)
+
+
+def test_a_probe_on_an_expired_object_loads_the_current_row(
+        session: Session, new_session: Callable[..., Session]) -> None:
+    todo = Todo(status="pending")
+    session.add(todo)
+    session.commit()  # expired
+    other = new_session()
+    other.get_one(Todo, 1).status = "blocked"
+    other.commit()
+    assert not can_transition(todo, "start", "ada")
+    assert can_transition(todo, "unblock")
+    assert available_transitions(todo) == ["unblock"]
