@@ -673,6 +673,7 @@ def _fire_in_session(t: Transition, obj: Any, state: Any, session: Session,
     nested = t._fn is not None or (
         bool(transition_succeeded.receivers) and transition_succeeded.has_receivers_for(sender))
     savepoint = session.begin_nested() if nested else None
+    won = False
     try:
         won = session.connection(bind_arguments=t._bind).execute(t._stmt, params).rowcount == 1
         if won:
@@ -692,12 +693,13 @@ def _fire_in_session(t: Transition, obj: Any, state: Any, session: Session,
     except BaseException as exc:
         if savepoint is not None and savepoint.is_active:
             savepoint.rollback()
-        set_committed_value(obj, t.column, current)
-        if ts is not None:
-            if old_ts is _MISSING:
-                session.expire(obj, [ts])
-            else:
-                set_committed_value(obj, ts, old_ts)
+        if savepoint is not None or not won:  # else the row keeps the write: so does memory
+            set_committed_value(obj, t.column, current)
+            if ts is not None:
+                if old_ts is _MISSING:
+                    session.expire(obj, [ts])
+                else:
+                    set_committed_value(obj, ts, old_ts)
         _failed(t, obj, current, args, kwargs, exc)
         raise
     if not won:  # the next read shows the row; the caller's unsaved edits stay

@@ -384,3 +384,14 @@ def test_a_guard_may_name_a_column_or_property(session: Session) -> None:
     job.allow = True
     job.run()
     assert job.state == "running"
+
+
+def test_a_body_that_changes_nothing_costs_savepoint_update_release(
+        session: Session, sql: StatementLog) -> None:
+    todo = _todo(session)
+    todo.title = "loaded"
+    session.flush()
+    sql.statements.clear()
+    assert litestate.transition_state(todo, event="start", frm="pending", to="doing",
+                                      body=lambda: 42) == 42
+    assert sql.verbs() == ["SAVEPOINT", "UPDATE", "RELEASE"]
