@@ -809,13 +809,15 @@ def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
 
 
 def _send_committed(ready: list[tuple[type, dict[str, Any]]]) -> None:
-    """Every queued signal is sent; then the first receiver error, if any, propagates."""
+    """Every receiver hears every committed transition (blinker's send() would stop at
+    the first receiver that raises); then the first receiver error, if any, propagates."""
     errors = []
     for sender, payload in ready:
-        try:
-            transition_committed.send(sender, **payload)
-        except Exception as exc:
-            errors.append(exc)
+        for receiver in transition_committed.receivers_for(sender):
+            try:
+                receiver(sender, **payload)
+            except Exception as exc:
+                errors.append(exc)
     if errors:
         for other in errors[1:]:
             errors[0].add_note(f"another transition_committed receiver raised {other!r}")

@@ -261,3 +261,27 @@ def test_a_mixin_is_resolved_against_each_mapped_class() -> None:
     page.publish()
     assert page.status is Stage.live
     assert transitions(Page)[0].to is Stage.live
+
+
+class Level(enum.IntEnum):
+    low = 1
+    high = 2
+
+
+class Gauge(Base):
+    __tablename__ = "gauges"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    level: Mapped[int] = mapped_column(default=1)
+
+    @transition(frm=Level.low, to=2, column="level")
+    def raise_level(self) -> None:
+        pass
+
+
+def test_an_integer_column_takes_ints_and_int_enums_and_holds_ints() -> None:
+    gauge = Gauge(level=1)
+    gauge.raise_level()
+    assert gauge.level == 2
+    assert type(gauge.level) is int
+    assert transitions(Gauge)[0].frm == {1}
+    assert type(next(iter(transitions(Gauge)[0].frm))) is int

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,39 @@ def test_the_readme_has_examples() -> None:
     assert len(BLOCKS) >= 10
 
 
-def test_the_readme_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
+SQLITE_ENGINE = 'engine = enable_savepoints(create_engine("sqlite://"))'
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def readme_engine_line(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The README's engine line, or one for a database of its own on the test server (its
+    tables would clash with the test models')."""
+    if request.param == "sqlite":
+        yield SQLITE_ENGINE
+        return
+    server = request.getfixturevalue("pg_engine")
+    with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("DROP DATABASE IF EXISTS litestate_readme")
+        conn.exec_driver_sql("CREATE DATABASE litestate_readme")
+    url = server.url.set(database="litestate_readme")
+    yield f"engine = create_engine({url.render_as_string(hide_password=False)!r})"
+
+
+def test_the_readme_examples_run(monkeypatch: pytest.MonkeyPatch, readme_engine_line: str
+                                 ) -> None:
     """As one module, registered: SQLAlchemy resolves annotations through sys.modules."""
     module = types.ModuleType("readme")
     monkeypatch.setitem(sys.modules, "readme", module)
-    for number, block in enumerate(BLOCKS, 1):
-        code = compile(block, f"README.md python block {number}", "exec")
-        exec(code, module.__dict__)
+    assert SQLITE_ENGINE in BLOCKS[0]
+    try:
+        for number, block in enumerate(BLOCKS, 1):
+            code = compile(block.replace(SQLITE_ENGINE, readme_engine_line),
+                           f"README.md python block {number}", "exec")
+            exec(code, module.__dict__)
+    finally:
+        engine = module.__dict__.get("engine")
+        if engine is not None:
+            engine.dispose()
 
 
 def test_the_readme_commands_are_the_ones_ci_runs() -> None:

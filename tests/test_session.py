@@ -348,6 +348,7 @@ def test_a_committed_receiver_that_raises_leaves_the_commit_and_other_signals(
     with litestate.transition_committed.connected_to(flaky), \
             pytest.raises(ConnectionError):
         session.commit()
+    # whichever order blinker calls the receivers in, ours heard both transitions
     assert [h.payload["record"] for h in signals.of("transition-committed")] == [first, second]
     assert _row(session, first.id).status == "doing"
     third = _todo(session)  # the session is usable
@@ -395,3 +396,26 @@ def test_a_body_that_changes_nothing_costs_savepoint_update_release(
     assert litestate.transition_state(todo, event="start", frm="pending", to="doing",
                                       body=lambda: 42) == 42
     assert sql.verbs() == ["SAVEPOINT", "UPDATE", "RELEASE"]
+
+
+def test_every_committed_receiver_hears_every_transition_even_when_others_raise(
+        session: Session) -> None:
+    first, second = _todo(session), _todo(session)
+    heard: list[tuple[str, int]] = []
+
+    def recorder(name: str) -> Any:
+        def receiver(sender: type, record: Todo, **extra: object) -> None:
+            heard.append((name, record.id))
+            raise ConnectionError(name)
+        return receiver
+
+    a, b = recorder("a"), recorder("b")
+    ids = sorted([first.id, second.id])
+    with litestate.transition_committed.connected_to(a), \
+            litestate.transition_committed.connected_to(b):
+        first.start("ada")
+        second.start("ada")
+        with pytest.raises(ConnectionError) as info:
+            session.commit()
+    assert sorted(heard) == [("a", ids[0]), ("a", ids[1]), ("b", ids[0]), ("b", ids[1])]
+    assert len(info.value.__notes__) == 3  # the three other receiver errors
