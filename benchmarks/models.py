@@ -62,12 +62,8 @@ class HandWritten:
         self.status = "pending"
 
 
-@state_column("status")
-class PlainTodo(HandWritten):
-    def __init__(self) -> None:
-        self.status = "pending"
-        self.allowed = True
-        self.counter = 0
+class Machine:
+    """The machine litestate declares once, for a plain and a mapped class alike."""
 
     @transition(frm="pending", to="doing")
     def start(self) -> None:
@@ -84,6 +80,14 @@ class PlainTodo(HandWritten):
     @transition(frm="doing", to="pending", guard=allowed_guard)
     def gstop(self) -> None:
         pass
+
+
+@state_column("status")
+class PlainTodo(Machine, HandWritten):
+    def __init__(self) -> None:
+        self.status = "pending"
+        self.allowed = True
+        self.counter = 0
 
 
 class _Columns:
@@ -94,24 +98,8 @@ class _Columns:
 
 
 @state_column("status")
-class LiteTodo(_Columns, HandWritten, Base):
+class LiteTodo(Machine, _Columns, HandWritten, Base):
     __tablename__ = "bench_lite"
-
-    @transition(frm="pending", to="doing")
-    def start(self) -> None:
-        pass
-
-    @transition(frm="doing", to="pending")
-    def stop(self) -> None:
-        pass
-
-    @transition(frm="pending", to="doing", guard=allowed_guard)
-    def gstart(self) -> None:
-        pass
-
-    @transition(frm="doing", to="pending", guard=allowed_guard)
-    def gstop(self) -> None:
-        pass
 
     @transition(frm="pending", to="doing")
     def bstart(self) -> None:
