@@ -311,7 +311,7 @@ def _workers(engine: sa.Engine, workers: int, per_thread: int, contended: bool,
         with Session(engine) as session:
             barrier.wait()
             for _ in range(per_thread):
-                obj = session.get_one(cls, rng.choice(mine))
+                obj: Any = session.get(cls, rng.choice(mine))
                 try:
                     if cls is LiteTodo:
                         obj.start() if obj.status == "pending" else obj.stop()

@@ -613,6 +613,7 @@ def _with_body(t: Transition, body: Callable[[], Any]) -> Transition:
 # -- firing --------------------------------------------------------------------------
 
 _MISSING = object()
+_LOCK: Any = True  # with_for_update=True; typed loosely: SQLAlchemy 2.0's stubs disagree
 
 
 def _fire(t: Transition, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -660,7 +661,7 @@ def _fire_in_session(t: Transition, obj: Any, state: Any, session: Session,
         session.flush()  # a pending row, or an unsaved state: the UPDATE must see it
     if t.lock:
         keep = state.committed_state  # the caller's unsaved edits stay as they are
-        session.refresh(obj, [k for k in t._refresh if k not in keep], with_for_update=True)
+        session.refresh(obj, [k for k in t._refresh if k not in keep], with_for_update=_LOCK)
     current = getattr(obj, t.column)
     _check(t, obj, current, args, kwargs)
     params = {name: state.key[1][i] for name, i in t._pk}

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +19,14 @@ from tests.models import Base
 from tests.pgserver import ServerUnavailable, postgres_server
 
 FROZEN = datetime(2026, 1, 2, 3, 4, 5)
+_T = TypeVar("_T")
+
+
+def load(session: Session, cls: type[_T], ident: object) -> _T:
+    """``session.get`` that must find the row (get_one is newer than our SQLAlchemy floor)."""
+    obj = session.get(cls, ident)
+    assert obj is not None, f"no {cls.__name__} {ident!r}"
+    return obj
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 import litestate
 from litestate import GuardError, TransitionError
-from tests.conftest import recording
+from tests.conftest import load, recording
 from tests.models import Account, RateConfigType, StatutoryRateConfig, Todo, TodoEvent
 
 pytestmark = pytest.mark.postgres
@@ -74,7 +74,7 @@ def test_two_workers_start_one_row_one_wins(pg: sa.Engine, ticking_clock: None) 
 
     def work(i: int, barrier: threading.Barrier) -> str:
         with Session(pg) as session:
-            mine = session.get_one(Todo, todo_id)
+            mine = load(session, Todo, todo_id)
             assert mine.status == "pending"  # both read pending, in open transactions
             barrier.wait()
             try:
@@ -91,7 +91,7 @@ def test_two_workers_start_one_row_one_wins(pg: sa.Engine, ticking_clock: None) 
     assert len(signals.of("transition-committed")) == 1
     winner = signals.of("transition-committed")[0].payload["args"][0]
     with Session(pg) as session:
-        row = session.get_one(Todo, todo_id)
+        row = load(session, Todo, todo_id)
         assert (row.status, row.started_by) == ("doing", winner)
         assert session.scalar(sa.select(sa.func.count()).select_from(TodoEvent)) == 1
         stamps = [h.payload for h in signals.of("transition-succeeded")]
@@ -114,7 +114,7 @@ def test_eight_workers_on_two_hundred_rows_no_lost_update(pg: sa.Engine) -> None
             barrier.wait()
             for todo_id in order:
                 try:
-                    session.get_one(Todo, todo_id).start(f"worker-{i}")
+                    load(session, Todo, todo_id).start(f"worker-{i}")
                     session.commit()
                     tally["ok"] += 1
                 except TransitionError as exc:
@@ -172,7 +172,7 @@ def test_a_locked_guard_sees_the_value_a_concurrent_transaction_commits(
     def work(i: int, barrier: threading.Barrier) -> str:
         with Session(pg) as session:
             pids[str(i)] = session.scalar(sa.select(sa.func.pg_backend_pid())) or 0
-            account = session.get_one(Account, account_id)
+            account = load(session, Account, account_id)
             if i == 0:  # the writer: empties the account, holds its row lock
                 account.balance = 0
                 session.flush()
@@ -211,7 +211,7 @@ def test_concurrent_activations_of_one_type_leave_exactly_one_active(pg: sa.Engi
 
     def work(i: int, barrier: threading.Barrier) -> str:
         with Session(pg) as session:
-            config = session.get_one(StatutoryRateConfig, ids[i])
+            config = load(session, StatutoryRateConfig, ids[i])
             barrier.wait()
             config.activate()
             session.commit()
@@ -232,7 +232,7 @@ def test_committed_signals_under_concurrent_commits_and_rollbacks(pg: sa.Engine)
     def work(i: int, barrier: threading.Barrier) -> None:
         with Session(pg) as session:
             barrier.wait()
-            todo = session.get_one(Todo, ids[i])
+            todo = load(session, Todo, ids[i])
             with session.begin_nested():  # released: no signal yet
                 todo.start(f"w{i}")
             assert not [h for h in signals.of("transition-committed")

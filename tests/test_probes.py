@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from litestate import available_transitions, can_transition
-from tests.conftest import SignalLog, StatementLog
+from tests.conftest import SignalLog, StatementLog, load
 from tests.models import Account, Subscription, Todo
 
 
@@ -124,7 +124,7 @@ def test_a_probe_on_an_expired_object_loads_the_current_row(
     session.add(todo)
     session.commit()  # expired
     other = new_session()
-    other.get_one(Todo, 1).status = "blocked"
+    load(other, Todo, 1).status = "blocked"
     other.commit()
     assert not can_transition(todo, "start", "ada")
     assert can_transition(todo, "unblock")

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from litestate import ConflictError, GuardError, InvalidStateError
-from tests.conftest import SignalLog, StatementLog
+from tests.conftest import SignalLog, StatementLog, load
 from tests.models import Account, Todo
 
 _T = TypeVar("_T", Todo, Account)
@@ -27,7 +27,7 @@ def _load_twice(new_session: Callable[..., Session], obj: _T, cls: type[_T]
     setup.close()
     first = new_session(expire_on_commit=False)
     second = new_session(expire_on_commit=False)
-    mine, theirs = first.get_one(cls, obj_id), second.get_one(cls, obj_id)
+    mine, theirs = load(first, cls, obj_id), load(second, cls, obj_id)
     first.commit()
     second.commit()
     return first, second, mine, theirs
@@ -59,7 +59,7 @@ def test_a_conflict_writes_nothing_and_runs_no_body(
         theirs.start("bob")
     second.commit()
     with Session(engine) as check:
-        row = check.get_one(Todo, mine.id)
+        row = load(check, Todo, mine.id)
         assert (row.status, row.started_at, row.started_by) == ("dismissed", None, None)
 
 
@@ -75,7 +75,7 @@ def test_a_lock_reads_the_fresh_state_and_keeps_unsaved_edits(
     assert (mine.status, mine.balance, mine.owner) == ("closed", 0, "ada lovelace")
     first.commit()
     with Session(engine) as check:
-        row = check.get_one(Account, mine.id)
+        row = load(check, Account, mine.id)
         assert (row.status, row.owner) == ("closed", "ada lovelace")
 
 

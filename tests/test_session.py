@@ -15,7 +15,7 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 
 import litestate
 from litestate import GuardError, InvalidStateError
-from tests.conftest import SignalLog, StatementLog, recording
+from tests.conftest import SignalLog, StatementLog, load, recording
 from tests.models import Job, PaymentIntent, PaymentStatus, Todo, TodoEvent
 
 
@@ -248,7 +248,7 @@ def test_an_expired_object_is_reloaded_before_the_check(session: Session) -> Non
     todo_id = todo.id
     session.commit()  # every attribute is expired, and no transaction holds a lock
     with Session(session.get_bind()) as other:
-        other.get_one(Todo, todo_id).start("bob")
+        load(other, Todo, todo_id).start("bob")
         other.commit()
     with pytest.raises(InvalidStateError) as info:
         todo.start("ada")
@@ -262,7 +262,7 @@ def test_a_detached_object_is_refused_with_nothing_written(engine: sa.Engine) ->
         todo.start("ada")
     assert todo.status == "pending"
     with Session(engine) as session:
-        assert session.get_one(Todo, todo.id).status == "pending"
+        assert load(session, Todo, todo.id).status == "pending"
 
 
 def test_an_empty_body_costs_one_update_and_no_savepoint(
