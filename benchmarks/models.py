@@ -62,7 +62,7 @@ class HandWritten:
         self.status = "pending"
 
 
-class Machine:
+class Toggle:
     """The machine litestate declares once, for a plain and a mapped class alike."""
 
     @transition(frm="pending", to="doing")
@@ -73,6 +73,8 @@ class Machine:
     def stop(self) -> None:
         pass
 
+
+class Guarded:
     @transition(frm="pending", to="doing", guard=allowed_guard)
     def gstart(self) -> None:
         pass
@@ -83,7 +85,7 @@ class Machine:
 
 
 @state_column("status")
-class PlainTodo(Machine, HandWritten):
+class PlainTodo(Toggle, Guarded, HandWritten):
     def __init__(self) -> None:
         self.status = "pending"
         self.allowed = True
@@ -98,7 +100,7 @@ class _Columns:
 
 
 @state_column("status")
-class LiteTodo(Machine, _Columns, HandWritten, Base):
+class LiteTodo(Toggle, Guarded, _Columns, HandWritten, Base):
     __tablename__ = "bench_lite"
 
     @transition(frm="pending", to="doing")
@@ -111,18 +113,10 @@ class LiteTodo(Machine, _Columns, HandWritten, Base):
 
 
 @state_column("status")
-class ProbeTodo(_Columns, HandWritten, Base):
+class ProbeTodo(Toggle, _Columns, HandWritten, Base):
     """The peers' machine exactly (start, stop): what the probes compare."""
 
     __tablename__ = "bench_probe"
-
-    @transition(frm="pending", to="doing")
-    def start(self) -> None:
-        pass
-
-    @transition(frm="doing", to="pending")
-    def stop(self) -> None:
-        pass
 
 
 class HandTodo(_Columns, HandWritten, Base):
