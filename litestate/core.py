@@ -632,8 +632,12 @@ def _fire(t: Transition, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         current = obj.__dict__.get(t.column)  # transient: nothing to load, skip the descriptor
     else:
         current = getattr(obj, t.column, None)
-    if current is None or (t.frm is not None and current not in t.frm) or t._guards:
-        _check(t, obj, current, args, kwargs)
+    if current is None or (t.frm is not None and current not in t.frm):
+        _check(t, obj, current, args, kwargs)  # raises
+    if t._guards:  # _check's loop, inline: this is the hot path
+        for label, guard, with_args, _ in t._guards:
+            if not (guard(obj, *args, **kwargs) if with_args else guard(obj)):
+                _refuse(t, obj, current, "guard", f"guard {label} returned false", args, kwargs)
     ts = t.timestamp
     old_ts = getattr(obj, ts, _MISSING) if ts is not None else None
     setattr(obj, t.column, t.to)
