@@ -319,8 +319,10 @@ class _Declared:
         decl = self.__litestate__
         decl.event = name
         setattr(owner, name, _method(decl))  # a plain function: the fastest bound method
-        if not isinstance(getattr(owner, "registry", None), registry):
-            _build(owner, None, strict=False)  # declarative classes wait for their mapper
+        # Every transition is in the class dict by the first __set_name__: resolve once.
+        # Declarative classes wait for their mapper.
+        if owner not in _REGISTRY and not isinstance(getattr(owner, "registry", None), registry):
+            _build(owner, None, strict=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("@transition decorates methods defined in a class body")
