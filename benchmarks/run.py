@@ -220,19 +220,17 @@ def database(engine: sa.Engine, label: str) -> None:
             session.flush()
         return step
 
-    def flushed(*steps: Callable[[], object]) -> Case:
-        def case() -> None:
-            for step in steps:
-                step()
-                session.flush()
-        return case
+    def each_then(finish: Callable[[], None]) -> Callable[..., Case]:
+        """Cases that run each step, then ``finish`` (a flush or a commit)."""
+        def make(*steps: Callable[[], object]) -> Case:
+            def case() -> None:
+                for step in steps:
+                    step()
+                    finish()
+            return case
+        return make
 
-    def committed(*steps: Callable[[], object]) -> Case:
-        def case() -> None:
-            for step in steps:
-                step()
-                session.commit()
-        return case
+    flushed, committed = each_then(session.flush), each_then(session.commit)
 
     empty = {
         "hand-written, same guarantees": (lambda: hand.safe_start(session),
