@@ -11,39 +11,69 @@ A method decorated with :func:`transition` becomes a checked, atomic state chang
 
     todo.start("ada")   # or TransitionError, with nothing written
 
-The steps of a call, in order:
+**When a declaration is checked.** ``@transition(...)`` checks its own arguments at
+once. A class's transitions are *compiled* the first time they are needed: when
+SQLAlchemy configures the class's mapper (``configure_mappers()``, or the first use of
+any mapped class), or, for a plain class, at its first call, probe or
+:func:`transitions`. Compiling turns each declaration into a private plan (the states as
+the column holds them, the guards as callables, the argument check, the precompiled
+UPDATE) and a public, frozen :class:`Transition`. Declaration errors are raised there.
 
-1. read the current state (with ``lock=True``: ``SELECT ... FOR UPDATE`` first);
-2. check it against ``frm``, else ``TransitionError(reason="invalid")``;
-3. run the guards, else ``TransitionError(reason="guard")``;
-4. the atomic section, for an object in a session: ``UPDATE ... WHERE pk = :pk AND
-   state = :state_read`` (a lost race is ``reason="conflict"``), the body, a flush, and
-   :data:`transition_succeeded`, inside a SAVEPOINT when there is a body or a
-   receiver; litestate never commits. Plain objects and objects outside a session get
-   the same checks in memory, and their attributes are restored if the body raises.
+**The steps of a call**, in order:
 
-:data:`transition_committed` follows after the session's outermost commit. The README
-is the full manual: every option, every signal's payload and the error policy.
+1. check the call's arguments against the method's parameters (``TypeError``);
+2. for an object in a session, *settle* (flush a pending row or an unsaved state edit)
+   and, with ``lock=True``, *lock* (``SELECT ... FOR UPDATE``);
+3. *read* the state and *check* it against ``frm`` (``reason="invalid"``) and the guards
+   (``reason="guard"``);
+4. the atomic section: *write* ``UPDATE ... WHERE <identity> AND state = <state read>``
+   (a lost race is ``reason="conflict"``), the body, the plan's extra steps, a flush and
+   :data:`transition_succeeded`, inside a SAVEPOINT when any of those can run; then
+   *finish* (release, queue :data:`transition_committed`) or *undo* (roll back, restore
+   the object, the plan's failure steps, :data:`transition_failed`).
+
+litestate never commits. Plain objects and objects outside a session get the same checks
+in memory, and their state and timestamp are restored if the body raises.
+
+=======================  ==========================================  ==================
+signal (sender: class)   sent                                        extra payload
+=======================  ==========================================  ==================
+transition_succeeded     inside the transaction, after the body      --
+transition_invalid       on a refusal, nothing written               reason, error
+transition_failed        after the body (or the write) failed        error
+transition_committed     after the database committed the write      --
+=======================  ==========================================  ==================
+
+Every payload has ``record``, ``record_id``, ``event``, ``from_state``, ``to_state``,
+``column``, ``args`` and ``kwargs``. The README is the full manual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import enum
 import functools
 import inspect
 import operator
+import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, NamedTuple, NoReturn, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
 from blinker import Namespace
 from sqlalchemy import event as sa_event
-from sqlalchemy.orm import Mapper, Session, SessionTransaction, registry
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.exc import DetachedInstanceError
+from sqlalchemy.orm import Mapper, Session, SessionTransaction
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.exc import DetachedInstanceError, ObjectDeletedError
+
+from litestate import _sqla
 
 __all__ = [
     "ConflictError",
@@ -70,16 +100,19 @@ _R = TypeVar("_R")
 _M = TypeVar("_M")
 _C = TypeVar("_C", bound=type)
 State = str | int | enum.Enum
-Guard = str | Callable[..., object]
+#: A guard: a callable taking the instance (and, optionally, the call's arguments), or
+#: the name of a method, property or column of the class.
+Guard = str | Callable[[Any], object] | Callable[..., object]
 
 _signals = Namespace()
 #: Sent inside the transaction once the state is written, the body ran and was flushed.
 transition_succeeded = _signals.signal("transition-succeeded")
 #: Sent when a transition is refused (``reason``: invalid, guard or conflict).
 transition_invalid = _signals.signal("transition-invalid")
-#: Sent when the body (or a ``transition_succeeded`` receiver) raised, after the rollback.
+#: Sent when the body, a ``transition_succeeded`` receiver or the write itself failed.
 transition_failed = _signals.signal("transition-failed")
-#: Sent once the session's outermost transaction has committed; never after a rollback.
+#: Sent once the database has committed the transaction holding the write; never after
+#: a rollback of it.
 transition_committed = _signals.signal("transition-committed")
 
 
@@ -122,7 +155,7 @@ class GuardError(TransitionError):
 
 
 class ConflictError(TransitionError):
-    """The row's state changed between the read and the write: a lost race."""
+    """The row changed (or vanished) between the read and the write: a lost race."""
 
 
 _ERRORS = {"invalid": InvalidStateError, "guard": GuardError, "conflict": ConflictError}
@@ -146,34 +179,26 @@ def set_clock(clock: Callable[[], datetime] | None) -> Callable[[], datetime]:
     return previous
 
 
-class _Decl:
-    """A transition as written in the class body, before it is resolved for a class."""
-
-    def __init__(self, fn: Callable[..., Any] | None, frm: Any, to: Any, column: str | None,
-                 timestamp: bool | str | None, guards: tuple[Guard, ...], lock: bool) -> None:
-        self.fn, self.event, self.frm, self.to = fn, getattr(fn, "__name__", ""), frm, to
-        self.column, self.timestamp, self.guards, self.lock = column, timestamp, guards, lock
-
-
+@dataclass(frozen=True, slots=True)
 class Transition:
-    """One transition resolved for one class, as :func:`transitions` lists it."""
+    """One compiled transition of one class, as :func:`transitions` lists it (frozen)."""
 
-    __slots__ = ("_bind", "_fn", "_guards", "_mapped", "_naive", "_pk", "_refresh", "_stmt",
-                 "column", "event", "frm", "guards", "lock", "timestamp", "to")
-
-    def __init__(self, event: str, frm: frozenset[Any] | None, to: Any, column: str,
-                 timestamp: str | None, guards: tuple[str, ...], lock: bool) -> None:
-        #: The method name; ``frm`` is None for ``"*"`` (any state).
-        self.event, self.frm, self.to, self.column = event, frm, to, column
-        self.timestamp, self.guards, self.lock = timestamp, guards, lock
-        self._fn: Callable[..., Any] | None = None
-        # (label, guard, whether it takes the call's arguments, whether it can run without)
-        self._guards: tuple[tuple[str, Callable[..., object], bool, bool], ...] = ()
-        self._mapped, self._naive = False, False
-        self._stmt: Any = None  # the precompiled conditional UPDATE, for mapped classes
-        self._bind: dict[str, Any] = {}
-        self._pk: tuple[tuple[str, int], ...] = ()
-        self._refresh: tuple[str, ...] = ()
+    #: The event name: the attribute the method is declared as.
+    event: str
+    #: The states it may start from, as the column holds them; ``None`` for ``"*"``.
+    frm: frozenset[Any] | None
+    #: The state it writes.
+    to: Any
+    #: The attribute holding the state.
+    column: str
+    #: The attribute stamped with the time, or ``None``.
+    timestamp: str | None
+    #: The guards' labels: a name as written, or a callable's qualified name.
+    guards: tuple[str, ...]
+    #: Whether the state is read under ``SELECT ... FOR UPDATE``.
+    lock: bool
+    #: The method's signature, without ``self``.
+    signature: inspect.Signature
 
     def __repr__(self) -> str:
         frm = "*" if self.frm is None else " | ".join(sorted(map(repr, self.frm)))
@@ -192,35 +217,36 @@ def transition(
     a list of them, all of which must hold; ``lock=True`` reads the state under
     ``SELECT ... FOR UPDATE``. The method keeps its parameters and return value.
     """
-    decl = _Decl(None, _states(frm), _state(to, "to"), column, timestamp, _guard_list(guard),
-                 lock)
-    if column is not None and (not isinstance(column, str) or not column):
-        raise DeclarationError(f"@transition(column={column!r}): a column is a non-empty str")
-    if not (timestamp is None or isinstance(timestamp, bool | str)) or timestamp == "":
-        raise DeclarationError(f"@transition(timestamp={timestamp!r}): use True or a column")
-    if not isinstance(lock, bool):
-        raise DeclarationError(f"@transition(lock={lock!r}): lock is True or False")
+    options = _Spec(None, "", _states(frm), _state(to, "to"), _column_option(column),
+                    _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
-        if not callable(fn):
-            raise DeclarationError(f"@transition decorates a method, not {fn!r}")
+        _check_body(fn, "@transition decorates a method")
         # Two `def start` in one class body leave one attribute; see the first one here.
-        if isinstance(sys._getframe(1).f_locals.get(fn.__name__), _Declared):
-            raise DeclarationError(f"transition {fn.__name__!r} is declared twice")
-        decl.fn, decl.event = fn, fn.__name__
-        return cast(Callable[Concatenate[_M, _P], _R], _Declared(decl))
+        name = getattr(fn, "__name__", "")
+        if isinstance(sys._getframe(1).f_locals.get(name), _Declared):
+            raise DeclarationError(f"transition {name!r} is declared twice")
+        return cast(Callable[Concatenate[_M, _P], _R], _Declared(options.with_fn(fn)))
 
     return decorate
 
 
 def state_column(column: str) -> Callable[[_C], _C]:
-    """Class decorator: the column transitions use when they do not name one."""
+    """Class decorator: the column transitions use when they do not name one.
+
+    It only records the name: the class is compiled later (see the module docstring), so
+    a relationship to a class defined further down still works.
+    """
     if not isinstance(column, str) or not column:
         raise DeclarationError(f"@state_column({column!r}): a column is a non-empty str")
+    name = column
 
     def decorate(cls: _C) -> _C:
-        setattr(cls, "__litestate_column__", column)  # noqa: B010 - a class we do not type
-        _build(cls, sa.inspect(cls, raiseerr=False), strict=True)
+        if not isinstance(cls, type):
+            raise DeclarationError(f"@state_column({name!r}) decorates a class, not {cls!r}")
+        type.__setattr__(cls, "__litestate_column__", name)
+        if _KEY in cls.__dict__:  # compiled too early (a call before the decorator ran)
+            type.__delattr__(cls, _KEY)
         return cls
 
     return decorate
@@ -229,22 +255,16 @@ def state_column(column: str) -> Callable[[_C], _C]:
 def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> bool:
     """Whether ``getattr(obj, event)(*args, **kwargs)`` would pass its state and guards now.
 
-    Reads attributes only: no write, no signal, no lock.
+    Reads attributes only: no write, no signal, no lock. Arguments that do not fit the
+    method raise ``TypeError``, as the call would.
     """
-    try:
-        t = _REGISTRY[type(obj)][event]
-    except KeyError:
-        t = _lookup(type(obj), event)
-    # A loaded mapped attribute is in __dict__: skip the descriptor; else let it load.
-    current = obj.__dict__.get(t.column, _MISSING) if t._mapped else _MISSING
-    if current is _MISSING:
-        current = getattr(obj, t.column, None)
-    if current is None or (t.frm is not None and current not in t.frm):
+    plan = _plan_of(obj, event)
+    plan.check(obj, *args, **kwargs)
+    current = _read_for_probe(plan, obj)
+    if current is None or (plan.frm is not None and current not in plan.frm and
+                           plan.normalize(current) not in plan.frm):
         return False
-    for _, guard, with_args, _ in t._guards:
-        if not (guard(obj, *args, **kwargs) if with_args else guard(obj)):
-            return False
-    return True
+    return _first_refusing_guard(plan, obj, args, kwargs, askable_only=False) is None
 
 
 def available_transitions(obj: object) -> list[str]:
@@ -252,29 +272,27 @@ def available_transitions(obj: object) -> list[str]:
 
     Guards that need the call's arguments cannot be asked here and count as passing.
     """
-    try:
-        by_column = _BY_STATE[type(obj)]
-    except KeyError:
-        _transitions_of(type(obj))
-        by_column = _BY_STATE[type(obj)]
-    found = []
-    for column, by_state, any_state in by_column:
-        current = getattr(obj, column, None)
+    machine = _machine_of_instance(obj)
+    found: list[_Plan] = []
+    for reader, by_state, any_state in machine.by_column:
+        current = _read_for_probe(reader, obj)
         if current is None:
             continue
-        for t in by_state.get(current, any_state):
-            if not t._guards or all(guard(obj) for _, guard, _, argless in t._guards
-                                    if argless):
-                found.append(t)
-    if len(by_column) > 1:  # several state columns: back to declaration order
-        order = list(_REGISTRY[type(obj)].values())
-        found.sort(key=order.index)
-    return [t.event for t in found]
+        candidates = by_state.get(current)
+        if candidates is None:
+            candidates = by_state.get(reader.normalize(current), any_state)
+        found.extend(plan for plan in candidates if not plan.guards or _first_refusing_guard(
+            plan, obj, (), {}, askable_only=True) is None)
+    if len(machine.by_column) > 1:  # several state columns: back to declaration order
+        found.sort(key=machine.order.__getitem__)
+    return [plan.event for plan in found]
 
 
 def transitions(cls: type) -> tuple[Transition, ...]:
     """Every transition of ``cls`` (inherited ones included), in declaration order."""
-    return tuple(_transitions_of(cls).values())
+    if not isinstance(cls, type):
+        raise TypeError(f"transitions() takes a class, not {cls!r}")
+    return tuple(plan.desc for plan in _machine_of(cls).plans.values())
 
 
 def transition_state(
@@ -286,172 +304,438 @@ def transition_state(
     """Fire a transition declared at the call site (the Ruby ``transition_state``).
 
     Same checks, atomicity and signals as a decorated method; ``body()`` runs in the
-    atomic section and its result is returned. The resolved declaration is cached.
+    atomic section and its result is returned. Compiled declarations are cached per
+    class, for the last 128 distinct declarations.
     """
-    guards = _guard_list(guard)
-    key = (event, repr(frm), repr(to), column, timestamp, guards, lock, body is None)
-    cache = _ADHOC.setdefault(type(obj), {})
-    t = cache.get(key)
-    if t is None:
-        decl = _Decl(_no_arguments, _states(frm), _state(to, "to"), column, timestamp, guards,
-                     lock)
-        decl.event = event
-        t = cache[key] = _resolve(type(obj), sa.inspect(type(obj), raiseerr=False), decl)
-    t_call = t if body is None else _with_body(t, body)
-    return cast("_R | None", _fire(t_call, obj, (), {}))
+    if not isinstance(event, str) or not event.isidentifier():
+        raise DeclarationError(f"transition_state(event={event!r}): an event is a name")
+    if body is not None:
+        _check_body(body, f"transition_state(body={body!r}): a body is a function")
+    spec = _Spec(_no_arguments, event, _states(frm), _state(to, "to"), _column_option(column),
+                 _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock))
+    machine = _machine_of(type(obj), adhoc=True)
+    plan = machine.adhoc_plan(spec)
+    if body is not None:
+        plan = plan.with_body(lambda _obj: body())
+    return cast("_R | None", _fire(plan, obj, (), {}))
 
 
-# -- declaration ---------------------------------------------------------------------
+# -- declaration: what the decorator records -------------------------------------------
 
-_REGISTRY: dict[type, dict[str, Transition]] = {}
-# For available_transitions: per state column, each state's candidates and "*"'s.
-_BY_STATE: dict[type, list[tuple[str, dict[Any, list[Transition]], list[Transition]]]] = {}
-_ADHOC: dict[type, dict[tuple[Any, ...], Transition]] = {}
+_KEY = "__litestate_machine__"  # the compiled machine, in the class's own __dict__
+_MISSING: Any = object()
+
+
+class _Spec(NamedTuple):
+    """A transition as declared, its arguments checked, before it is compiled."""
+
+    fn: Callable[..., Any] | None
+    event: str
+    frm: tuple[Any, ...] | None
+    to: Any
+    column: str | None
+    timestamp: bool | str | None
+    guards: tuple[Guard, ...]
+    lock: bool
+
+    def with_fn(self, fn: Callable[..., Any]) -> _Spec:
+        return self._replace(fn=fn, event=getattr(fn, "__name__", ""))
+
+    def cache_key(self) -> tuple[Any, ...]:
+        """Equal for equal declarations only (a state's type counts: 1 is not True)."""
+        frm = None if self.frm is None else tuple((type(s), s) for s in self.frm)
+        return (self.event, frm, type(self.to), self.to, self.column, self.timestamp,
+                self.guards, self.lock)
 
 
 class _Declared:
     """What ``@transition`` leaves in the class body until the class exists."""
 
-    def __init__(self, decl: _Decl) -> None:
-        self.__litestate__ = decl
+    def __init__(self, spec: _Spec) -> None:
+        self.__litestate__ = spec
 
     def __set_name__(self, owner: type, name: str) -> None:
-        decl = self.__litestate__
-        decl.event = name
-        setattr(owner, name, _method(decl))  # a plain function: the fastest bound method
-        # Every transition is in the class dict by the first __set_name__: resolve once.
-        # Declarative classes wait for their mapper.
-        if owner not in _REGISTRY and not isinstance(getattr(owner, "registry", None), registry):
-            _build(owner, None, strict=False)
+        # The event is the attribute name; each name gets a method of its own.
+        setattr(owner, name, _method(self.__litestate__._replace(event=name)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("@transition decorates methods defined in a class body")
 
 
-def _method(decl: _Decl) -> Callable[..., Any]:
-    event = decl.event
-    assert decl.fn is not None
+def _method(spec: _Spec) -> Callable[..., Any]:
+    """The method a transition becomes: a plain function, the fastest bound method."""
+    event = spec.event
+    assert spec.fn is not None
 
-    @functools.wraps(decl.fn)
+    @functools.wraps(spec.fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            t = _REGISTRY[type(self)][event]
-        except KeyError:
-            t = _lookup(type(self), event)
-        return _fire(t, self, args, kwargs)
+        cls = type(self)
+        machine = cls.__dict__.get(_KEY)
+        if machine is None:
+            machine = _machine_of(cls)
+        return _fire(machine.plans[event], self, args, kwargs)
 
-    method.__litestate__ = decl  # type: ignore[attr-defined]
+    method.__litestate__ = spec  # type: ignore[attr-defined]
     return method
 
 
-def _build(cls: type, mapper: Mapper[Any] | None, *, strict: bool) -> dict[str, Transition]:
-    decls: dict[str, _Decl] = {}
+def _specs_of(cls: type) -> dict[str, _Spec]:
+    """The class's transitions, inherited ones included, in declaration order."""
+    specs: dict[str, _Spec] = {}
     for klass in reversed(cls.__mro__):
         for name, value in vars(klass).items():
-            decl = getattr(value, "__litestate__", None) if callable(value) else None
-            if isinstance(decl, _Decl):
-                decls[name] = decl
+            spec = getattr(value, "__litestate__", None) if callable(value) else None
+            if isinstance(value, _Declared):
+                raise DeclarationError(
+                    f"{cls.__name__}.{name}: a transition assigned after the class was "
+                    "created; declare it in the class body")
+            if not isinstance(spec, _Spec):
+                specs.pop(name, None)  # overridden by something that is not a transition
+            elif spec.event == name:  # else an alias (`other = start`): the same event
+                specs[name] = spec
+    return specs
+
+
+def _column_option(column: object) -> str | None:
+    if column is not None and (not isinstance(column, str) or not column):
+        raise DeclarationError(f"@transition(column={column!r}): a column is a non-empty str")
+    return column
+
+
+def _timestamp_option(timestamp: object) -> bool | str | None:
+    if not (timestamp is None or isinstance(timestamp, bool | str)) or timestamp == "":
+        raise DeclarationError(f"@transition(timestamp={timestamp!r}): use True or a column")
+    return timestamp
+
+
+def _lock_option(lock: object) -> bool:
+    if not isinstance(lock, bool):
+        raise DeclarationError(f"@transition(lock={lock!r}): lock is True or False")
+    return lock
+
+
+def _states(frm: object) -> tuple[Any, ...] | None:
+    if isinstance(frm, str) and frm == "*":
+        return None
+    if isinstance(frm, str | int | enum.Enum) and not isinstance(frm, bool):
+        return (_state(frm, "frm"),)
+    if isinstance(frm, str | bytes | bytearray | Mapping) or not isinstance(frm, Iterable):
+        raise DeclarationError(
+            f"@transition(frm={frm!r}): frm is a state (str, int or Enum), an iterable of "
+            "states, or '*'")
+    found = tuple(frm)
+    if not found:
+        raise DeclarationError(f"@transition(frm={frm!r}): name at least one state, or '*'")
+    return tuple(_state(s, "frm") for s in found)
+
+
+def _state(state: object, what: str) -> Any:
+    if not isinstance(state, str | int | enum.Enum) or isinstance(state, bool) or \
+            (isinstance(state, str) and state in ("", "*")):
+        raise DeclarationError(f"@transition({what}={state!r}): a state is a str, int or Enum")
+    return state
+
+
+def _guard_list(guard: object) -> tuple[Guard, ...]:
+    if guard is None:
+        return ()
+    guards = (guard,) if isinstance(guard, str) or callable(guard) else guard
+    if not isinstance(guards, list | tuple):
+        raise DeclarationError(
+            f"@transition(guard={guard!r}): a guard is a callable, a name, or a list of them")
+    for g in guards:
+        if isinstance(g, str) and g.isidentifier():
+            continue
+        if not callable(g):
+            raise DeclarationError(f"@transition(guard={g!r}): a guard is a callable or a name")
+        if _is_async(g) or inspect.isgeneratorfunction(g):
+            raise DeclarationError(
+                f"@transition(guard={g!r}): an async or generator guard cannot be checked by "
+                "a sync transition; it must return a bool")
+    return cast(tuple[Guard, ...], tuple(guards))
+
+
+def _check_body(fn: object, what: str) -> None:
+    if not callable(fn):
+        raise DeclarationError(f"{what}, not {fn!r}")
+    if _is_async(fn) or inspect.isgeneratorfunction(fn):
+        raise DeclarationError(
+            f"{what}: {getattr(fn, '__qualname__', fn)!r} is an async or generator function, "
+            "whose body would never run inside the transition; use a plain def")
+
+
+def _is_async(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _no_arguments(self: Any) -> None:
+    """The call shape of :func:`transition_state`: the instance and nothing else."""
+
+
+# -- compilation: one machine per class, made once -------------------------------------
+
+_COMPILING = threading.RLock()
+#: Functions ``(cls, plan) -> None`` that optional modules register to extend each plan as
+#: it is compiled (extra statements in the atomic section, steps on failure).
+plan_extensions: list[Callable[[type, _Plan], None]] = []
+
+
+class _Guard(NamedTuple):
+    """A guard compiled for one class and one method."""
+
+    label: str
+    fn: Callable[..., object]
+    with_args: bool  # called with the call's arguments, else with the instance alone
+    askable: bool  # can run without the call's arguments (available_transitions)
+
+
+class _Plan:
+    """What the runtime reads to fire one transition of one class."""
+
+    __slots__ = ("after_write", "bind", "blind", "check", "column", "default", "desc",
+                 "event", "fn", "frm", "guards", "key", "lock", "mapped", "naive", "normalize",
+                 "on_failure", "only_self", "refresh", "stmt", "timestamp", "to", "version")
+
+    def __init__(self) -> None:
+        self.event = self.column = ""
+        self.frm: frozenset[Any] | None = None
+        self.to: Any = None
+        self.timestamp: str | None = None
+        self.lock = self.mapped = self.naive = self.blind = self.only_self = False
+        self.fn: Callable[..., Any] | None = None  # None: an empty body, never called
+        self.check: Callable[..., None] = _no_arguments  # raises TypeError on a bad call
+        self.guards: tuple[_Guard, ...] = ()
+        self.normalize: Callable[[Any], Any] = _same  # a value read -> the column's form
+        self.default: Any = None  # the column's scalar default, for an unsaved object
+        self.desc: Transition
+        # Mapped classes: the conditional UPDATE and what it needs.
+        self.stmt: Any = None
+        self.bind: dict[str, Any] = {}
+        self.key: tuple[tuple[str, int], ...] = ()  # (bind name, index in the identity)
+        self.version: _Version | None = None
+        self.refresh: tuple[str, ...] = ()
+        #: Seams for optional modules: steps run in the atomic section after the write
+        #: (``step(firing)``), and steps run after an undo (``step(firing, error)``).
+        self.after_write: tuple[Callable[[_Firing], None], ...] = ()
+        self.on_failure: tuple[Callable[[_Firing, BaseException], None], ...] = ()
+
+    def with_body(self, fn: Callable[..., Any]) -> _Plan:
+        copy = _Plan.__new__(_Plan)
+        for slot in _Plan.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.fn, copy.blind = fn, False
+        return copy
+
+
+class _Version(NamedTuple):
+    """The mapper's ``version_id_col``, checked and bumped by the transition's UPDATE."""
+
+    key: str
+    generate: Callable[[Any], Any] | None  # None: the server bumps it
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class _Machine:
+    """A class's compiled transitions, kept on the class: it dies with it."""
+
+    __slots__ = ("__weakref__", "adhoc", "by_column", "cls", "order", "plans")
+
+    def __init__(self, cls: type, plans: dict[str, _Plan]) -> None:
+        self.cls, self.plans = weakref.ref(cls), plans
+        self.order = {plan: i for i, plan in enumerate(plans.values())}
+        # For available_transitions: per state column, a plan to read it with, each
+        # state's candidates and those of "*".
+        self.by_column: list[tuple[_Plan, dict[Any, list[_Plan]], list[_Plan]]] = []
+        columns: dict[str, tuple[_Plan, dict[Any, list[_Plan]], list[_Plan]]] = {}
+        for plan in plans.values():
+            _, by_state, any_state = columns.setdefault(plan.column, (plan, {}, []))
+            for state in plan.frm or ():
+                by_state.setdefault(state, list(any_state))
+            for state, candidates in by_state.items():
+                if plan.frm is None or state in plan.frm:
+                    candidates.append(plan)
+            if plan.frm is None:
+                any_state.append(plan)
+        self.by_column = list(columns.values())
+        self.adhoc: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
+
+    def adhoc_plan(self, spec: _Spec) -> _Plan:
+        """A :func:`transition_state` declaration, compiled once while it stays recent."""
+        key = spec.cache_key()
+        with _COMPILING:
+            plan = self.adhoc.get(key)
+            if plan is None:
+                cls = self.cls()
+                assert cls is not None
+                plan = self.adhoc[key] = _compile_plan(cls, _mapper_of(cls), spec)
+                if len(self.adhoc) > 128:
+                    self.adhoc.popitem(last=False)
             else:
-                decls.pop(name, None)  # overridden by something that is not a transition
-    default = getattr(cls, "__litestate_column__", None)
-    if not strict and default is None and any(d.column is None for d in decls.values()):
-        return {}  # @state_column may still come: it runs after the class body
-    found = {name: _resolve(cls, mapper, decl) for name, decl in decls.items()}
-    by_column: dict[str, tuple[dict[Any, list[Transition]], list[Transition]]] = {}
-    for t in found.values():
-        by_state, any_state = by_column.setdefault(t.column, ({}, []))
-        for state in t.frm or ():
-            by_state.setdefault(state, list(any_state))
-        for state, candidates in by_state.items():
-            if t.frm is None or state in t.frm:
-                candidates.append(t)
-        if t.frm is None:
-            any_state.append(t)
-    _BY_STATE[cls] = [(column, *tables) for column, tables in by_column.items()]
-    _REGISTRY[cls] = found
-    _ADHOC.pop(cls, None)
-    return found
+                self.adhoc.move_to_end(key)
+        return plan
 
 
-def _transitions_of(cls: type) -> dict[str, Transition]:
-    found = _REGISTRY.get(cls)
-    return found if found is not None else _build(cls, sa.inspect(cls, raiseerr=False),
-                                                  strict=True)
+def _machine_of(cls: type, *, adhoc: bool = False) -> _Machine:
+    machine = cls.__dict__.get(_KEY)
+    if machine is not None:
+        return cast(_Machine, machine)
+    mapper = _mapper_of(cls)
+    if mapper is not None and not mapper.configured:
+        mapper.registry.configure()  # compiles the class, in _mapper_configured
+        machine = cls.__dict__.get(_KEY)
+        if machine is not None:
+            return cast(_Machine, machine)
+    with _COMPILING:  # first use from several threads: one compiles, the others wait
+        machine = cls.__dict__.get(_KEY)
+        if machine is None:
+            machine = _compile(cls, mapper)
+            if not machine.plans and not adhoc and not _declares(cls):
+                raise TypeError(f"{cls.__name__} declares no transitions")
+            with contextlib.suppress(TypeError):  # a builtin type: nothing to keep
+                type.__setattr__(cls, _KEY, machine)
+    return cast(_Machine, machine)
 
 
-def _lookup(cls: type, event: str) -> Transition:
-    found = _transitions_of(cls)
-    if event not in found:
-        raise ValueError(f"{cls.__name__} has no transition {event!r}; it has {list(found)}")
-    return found[event]
+def _declares(cls: type) -> bool:
+    return getattr(cls, "__litestate_column__", None) is not None
 
 
-@sa_event.listens_for(Mapper, "after_mapper_constructed")
-def _mapper_constructed(mapper: Mapper[Any], cls: type) -> None:
-    _build(cls, mapper, strict=False)
+def _machine_of_instance(obj: object) -> _Machine:
+    try:
+        return _machine_of(type(obj))
+    except TypeError:
+        raise TypeError(f"{obj!r} is not an object with transitions") from None
+
+
+def _plan_of(obj: object, event: str) -> _Plan:
+    machine = _machine_of_instance(obj)
+    plan = machine.plans.get(event) if isinstance(event, str) else None
+    if plan is None:
+        raise ValueError(f"{type(obj).__name__} has no transition {event!r}; it has "
+                         f"{list(machine.plans)}")
+    return plan
+
+
+def _mapper_of(cls: type) -> Mapper[Any] | None:
+    mapper: object = sa.inspect(cls, raiseerr=False)
+    return mapper if isinstance(mapper, Mapper) else None
 
 
 @sa_event.listens_for(Mapper, "mapper_configured")
 def _mapper_configured(mapper: Mapper[Any], cls: type) -> None:
-    if cls not in _REGISTRY:
-        _build(cls, mapper, strict=True)
+    """The latest moment a mapped class's declarations are checked."""
+    if _KEY not in cls.__dict__ and _specs_of(cls):
+        with _COMPILING:
+            if _KEY not in cls.__dict__:
+                type.__setattr__(cls, _KEY, _compile(cls, mapper))
 
 
-def _resolve(cls: type, mapper: Mapper[Any] | None, decl: _Decl) -> Transition:
-    who = f"{cls.__name__}.{decl.event}"
-    column = decl.column or getattr(cls, "__litestate_column__", None)
+def _compile(cls: type, mapper: Mapper[Any] | None) -> _Machine:
+    plans = {name: _compile_plan(cls, mapper, spec) for name, spec in _specs_of(cls).items()}
+    return _Machine(cls, plans)
+
+
+def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
+    who = f"{cls.__name__}.{spec.event}"
+    assert spec.fn is not None
+    plan = _Plan()
+    plan.event, plan.lock = spec.event, spec.lock
+    column = spec.column or getattr(cls, "__litestate_column__", None)
     if column is None:
         raise DeclarationError(f"{who}: no state column; pass column= or use @state_column")
-    ts = decl.timestamp
-    if ts is True:
-        ts = f"{_plain(decl.to)}_at"
-    ts = ts or None
+    plan.column = column
+    ts = f"{_plain(spec.to)}_at" if spec.timestamp is True else spec.timestamp or None
+    plan.timestamp = ts
     convert = _converter(who, mapper, column)
-    frm = None if decl.frm is None else frozenset(convert(s) for s in decl.frm)
-    labels = tuple(g if isinstance(g, str) else getattr(g, "__qualname__", repr(g))
-                   for g in decl.guards)
-    t = Transition(decl.event, frm, convert(decl.to), column, ts, labels, decl.lock)
-    t._fn = None if _is_empty(decl.fn) else decl.fn
-    assert decl.fn is not None
-    t._guards = tuple(_guard(cls, who, g, decl.fn) for g in decl.guards)
+    plan.frm = None if spec.frm is None else frozenset(convert(s) for s in spec.frm)
+    plan.to = convert(spec.to)
+    plan.fn = None if _is_empty(spec.fn) else spec.fn
+    plan.check, plan.only_self = _argument_check(who, spec.fn)
+    plan.guards = tuple(_compile_guard(cls, who, g, spec.fn) for g in spec.guards)
     if mapper is not None:
-        _resolve_table(t, who, mapper)
-    return t
+        _compile_write(plan, who, mapper, convert)
+    plan.desc = Transition(plan.event, plan.frm, plan.to, column, ts,
+                           tuple(g.label for g in plan.guards), plan.lock,
+                           _signature_without_self(spec.fn))
+    for extend in plan_extensions:
+        extend(cls, plan)
+    plan.blind = (plan.mapped and plan.frm is not None and len(plan.frm) == 1 and
+                  not plan.guards and not plan.lock and plan.fn is None and
+                  plan.version is None and not plan.after_write)
+    return plan
 
 
-def _resolve_table(t: Transition, who: str, mapper: Mapper[Any]) -> None:
-    state_col = mapper.column_attrs[t.column].columns[0]
+def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
+                   convert: Callable[[Any], Any]) -> None:
+    """The conditional UPDATE, compiled once: it names the row by the mapper's identity."""
+    state_col = mapper.column_attrs[plan.column].columns[0]
     table = state_col.table
     if not isinstance(table, sa.Table):
-        raise DeclarationError(f"{who}: {t.column} is not a column of a table")
-    pk_keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-    try:
-        pk = tuple((f"ls_pk{i}", pk_keys.index(mapper.get_property_by_column(c).key))
-                   for i, c in enumerate(table.primary_key))
-    except (ValueError, sa.exc.NoReferencedColumnError) as exc:
-        raise DeclarationError(f"{who}: {table.name} has no primary key to update") from exc
+        raise DeclarationError(f"{who}: {plan.column} is not a column of a table")
+    key_cols = _identity_columns(who, mapper, table)
     values: dict[Any, Any] = {state_col: sa.bindparam("ls_to", type_=state_col.type)}
-    if t.timestamp is not None:
-        prop = mapper.column_attrs.get(t.timestamp)
-        ts_col = prop.columns[0] if prop is not None else None
-        if ts_col is None or ts_col.table is not table:
-            raise DeclarationError(
-                f"{who}: timestamp column {t.timestamp!r} is not a column of {table.name}")
-        if not isinstance(ts_col.type, sa.DateTime):
-            raise DeclarationError(f"{who}: timestamp column {t.timestamp!r} is {ts_col.type},"
-                                   " not a DateTime")
-        t._naive = not ts_col.type.timezone
+    where = [c == sa.bindparam(f"ls_pk{i}", type_=c.type) for i, c in enumerate(key_cols)]
+    where.append(state_col == sa.bindparam("ls_from", type_=state_col.type))
+    if plan.timestamp is not None:
+        ts_col = _timestamp_column(who, mapper, table, plan.timestamp)
+        plan.naive = not ts_col.type.timezone
         values[ts_col] = sa.bindparam("ls_ts", type_=ts_col.type)
-    where = [c == sa.bindparam(name) for (name, _), c in zip(pk, table.primary_key, strict=True)]
-    t._stmt = sa.update(table).where(*where, state_col == sa.bindparam("ls_from")).values(values)
-    t._pk, t._bind, t._mapped = pk, {"mapper": mapper}, True
-    t._refresh = tuple(p.key for p in mapper.column_attrs)
+    version_col = mapper.version_id_col
+    if version_col is not None:
+        if version_col.table is not table:
+            raise DeclarationError(
+                f"{who}: the version_id_col {version_col} is not on {table.name}, the table "
+                f"of {plan.column}; litestate's UPDATE could not check it")
+        generate = mapper.version_id_generator
+        plan.version = _Version(mapper.get_property_by_column(version_col).key,
+                                generate if callable(generate) else None)
+        where.append(version_col == sa.bindparam("ls_ver", type_=version_col.type))
+        if plan.version.generate is not None:
+            values[version_col] = sa.bindparam("ls_ver_new", type_=version_col.type)
+    plan.stmt = sa.update(table).where(*where).values(values)
+    plan.key = tuple((f"ls_pk{i}", i) for i in range(len(key_cols)))
+    plan.bind, plan.mapped = {"mapper": mapper}, True
+    plan.refresh = tuple(p.key for p in mapper.column_attrs)
+    plan.normalize = _normalizer(convert)
+    plan.default = _scalar_default(state_col, convert)
+
+
+def _identity_columns(who: str, mapper: Mapper[Any], table: sa.Table) -> list[Any]:
+    """For each part of the mapper's identity (``mapper.primary_key``, which is the
+    ``__mapper_args__`` primary key when given), its column in ``table``."""
+    found = []
+    for pk_col in mapper.primary_key:
+        prop = mapper.get_property_by_column(pk_col)
+        col = next((c for c in prop.columns if getattr(c, "table", None) is table), None)
+        if col is None:
+            raise DeclarationError(
+                f"{who}: {table.name} has no column for the identity {prop.key!r}, so an "
+                "UPDATE could not name one row")
+        found.append(col)
+    if not found:
+        raise DeclarationError(f"{who}: {table.name} has no primary key to update")
+    return found
+
+
+def _timestamp_column(who: str, mapper: Mapper[Any], table: sa.Table, name: str) -> Any:
+    prop = mapper.column_attrs.get(name)
+    ts_col = prop.columns[0] if prop is not None else None
+    if ts_col is None or getattr(ts_col, "table", None) is not table:
+        raise DeclarationError(f"{who}: timestamp column {name!r} is not a column of "
+                               f"{table.name}")
+    if not isinstance(ts_col.type, sa.DateTime):
+        raise DeclarationError(f"{who}: timestamp column {name!r} is {ts_col.type}, not a "
+                               "DateTime")
+    return ts_col
 
 
 def _converter(who: str, mapper: Mapper[Any] | None, column: str) -> Callable[[Any], Any]:
     """How a declared state becomes the value the column's attribute holds."""
     if mapper is None:
-        return lambda state: state
+        return _same
     prop = mapper.column_attrs.get(column)
     if prop is None:
         raise DeclarationError(f"{who}: {mapper.class_.__name__} has no column {column!r}")
@@ -470,14 +754,44 @@ def _converter(who: str, mapper: Mapper[Any] | None, column: str) -> Callable[[A
                     return state
                 allowed = list(type_.enums)
             else:
-                python_type = _python_type(type_)
-                if python_type is None or isinstance(state, python_type):
-                    return state
-                raise DeclarationError(
-                    f"{who}: state {state!r} is not a {python_type.__name__}, as {column} is")
+                _check_fits(who, column, type_, state)
+                return state
         raise DeclarationError(f"{who}: state {state!r} is not one of {column}'s {allowed}")
 
     return convert
+
+
+def _check_fits(who: str, column: str, type_: Any, state: Any) -> None:
+    python_type = _python_type(type_)
+    if python_type is not None and not isinstance(state, python_type):
+        raise DeclarationError(
+            f"{who}: state {state!r} is not a {python_type.__name__}, as {column} is")
+    length = getattr(type_, "length", None)
+    if isinstance(state, str) and length is not None and len(state) > length:
+        raise DeclarationError(
+            f"{who}: state {state!r} is longer than {column}'s {type_} ({len(state)} > "
+            f"{length})")
+
+
+def _normalizer(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A value read from the attribute, in the column's form (an Enum column may hold the
+    member's name or value as a string: SQLAlchemy accepts and writes both)."""
+    def normalize(value: Any) -> Any:
+        try:
+            return convert(value)
+        except DeclarationError:
+            return value
+    return normalize
+
+
+def _scalar_default(col: Any, convert: Callable[[Any], Any]) -> Any:
+    default = col.default
+    if default is None or not getattr(default, "is_scalar", False) or default.arg is None:
+        return None
+    try:
+        return convert(default.arg)
+    except DeclarationError:
+        return default.arg
 
 
 def _python_type(type_: Any) -> type | None:
@@ -487,82 +801,99 @@ def _python_type(type_: Any) -> type | None:
         return None
 
 
-def _states(frm: Any) -> tuple[Any, ...] | None:
-    if frm == "*":
-        return None
-    found = (frm,) if isinstance(frm, str | int | enum.Enum) else tuple(frm)
-    if not found:
-        raise DeclarationError("@transition(frm=()): name at least one state, or '*'")
-    return tuple(_state(s, "frm") for s in found)
-
-
-def _state(state: Any, what: str) -> Any:
-    if not isinstance(state, str | int | enum.Enum) or isinstance(state, bool) or state in ("",
-                                                                                           "*"):
-        raise DeclarationError(f"@transition({what}={state!r}): a state is a str, int or Enum")
-    return state
-
-
 def _plain(state: Any) -> Any:
     if isinstance(state, enum.Enum):
         return state.value if isinstance(state.value, str) else state.name
     return state
 
 
-def _guard_list(guard: Guard | Sequence[Guard] | None) -> tuple[Guard, ...]:
-    guards = () if guard is None else (guard,) if isinstance(guard, str) or callable(guard) \
-        else tuple(guard)
-    for g in guards:
-        if not (isinstance(g, str) or callable(g)):
-            raise DeclarationError(f"@transition(guard={g!r}): a guard is a callable or a name")
-    return guards
+def _signature_without_self(fn: Callable[..., Any]) -> inspect.Signature:
+    signature = inspect.signature(fn)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
-def _guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]
-           ) -> tuple[str, Callable[..., object], bool, bool]:
+def _argument_check(who: str, fn: Callable[..., Any]) -> tuple[Callable[..., None], bool]:
+    """A function with the method's parameters and an empty body: calling it raises the
+    ``TypeError`` Python would raise for the method, before any SQL or signal. Also
+    whether the method takes nothing but ``self``."""
+    parameters = list(inspect.signature(fn).parameters.values())
+    if not parameters or parameters[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise DeclarationError(f"{who}: a transition is a method taking self first")
+    words, star = [], False
+    for i, p in enumerate(parameters):
+        if p.kind is p.KEYWORD_ONLY and not star:
+            words.append("*")
+            star = True
+        if p.kind is p.VAR_POSITIONAL:
+            star = True
+        prefix = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
+        words.append(f"{prefix}{p.name}" + ("" if p.default is p.empty else "=_ls_default_"))
+        if p.kind is p.POSITIONAL_ONLY and (i + 1 == len(parameters) or
+                                            parameters[i + 1].kind is not p.POSITIONAL_ONLY):
+            words.append("/")
+    namespace: dict[str, Any] = {"_ls_default_": None}
+    exec(f"def check({', '.join(words)}): pass", namespace)  # names are identifiers
+    check = namespace["check"]
+    qualname = getattr(fn, "__qualname__", fn.__name__)
+    check.__code__ = check.__code__.replace(co_name=fn.__name__, co_qualname=qualname)
+    return check, len(parameters) == 1
+
+
+def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Guard:
     """A guard as a callable taking the instance (and, if ``with_args``, the call's
     arguments), and whether it can run without the call's arguments."""
-    shapes = _call_shapes(fn)
     if isinstance(g, str):
-        raw = inspect.getattr_static(cls, g, None)
-        if raw is None:
+        raw = inspect.getattr_static(cls, g, _MISSING)
+        if raw is _MISSING:
             raise DeclarationError(f"{who}: guard {g!r} is not an attribute of {cls.__name__}")
         if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
-            return g, operator.attrgetter(g), False, True  # a property, a column
-        target, bound = getattr(cls, g), not inspect.isfunction(raw)
-        label = g
+            return _Guard(g, operator.attrgetter(g), False, True)  # a property, a column
+        target, bound, label = getattr(cls, g), not inspect.isfunction(raw), g
+        if _is_async(target) or inspect.isgeneratorfunction(target):
+            raise DeclarationError(f"{who}: guard {g!r} is an async or generator method; a "
+                                   "sync transition needs a bool")
     else:
         target, bound, label = g, False, getattr(g, "__qualname__", repr(g))
-    self_ = () if bound else (None,)
+    with_args = _takes_the_call(who, label, target, bound, fn)
+    askable = not with_args or not _required_shape(fn)
+    if isinstance(g, str):
+        call = (lambda obj, *a, **k: getattr(obj, g)(*a, **k)) if with_args else \
+            operator.methodcaller(g)
+        return _Guard(label, call, with_args, askable)
+    return _Guard(label, g, with_args, askable)
+
+
+def _takes_the_call(who: str, label: str, target: Callable[..., Any], bound: bool,
+                    fn: Callable[..., Any]) -> bool:
+    """Whether a guard is called with the call's arguments: it must accept every call the
+    method accepts. A guard without a signature (a builtin) takes the instance alone."""
     try:
         signature = inspect.signature(target)
-    except (TypeError, ValueError):  # a builtin: trust it with the whole call
-        with_args = True
+    except (TypeError, ValueError):
+        return False
+    self_ = () if bound else (None,)
+    if len(inspect.signature(fn).parameters) == 1:
+        takes = False  # the method takes nothing more: neither does its guard
     else:
-        with_args = all(_binds(signature, self_ + a, k) for a, k in shapes)
-        if not with_args and not _binds(signature, self_, {}):
-            call = ", ".join(inspect.signature(fn).parameters)
-            raise DeclarationError(f"{who}: guard {label} can take neither the call "
-                                   f"{fn.__name__}({call}) nor the instance alone")
-    # A method that takes no arguments gives its guards none: call them the cheap way.
-    with_args = with_args and len(inspect.signature(fn).parameters) > 1
-    argless = not with_args or not (shapes[0][0] or shapes[0][1])
-    if isinstance(g, str):
-        if with_args:
-            return label, lambda obj, *args, **kwargs: getattr(obj, g)(*args, **kwargs), \
-                True, argless
-        return label, operator.methodcaller(g), False, argless
-    return label, g, with_args, argless
+        takes = all(_binds(signature, self_ + a, k) for a, k in _call_shapes(fn))
+    if not takes and not _binds(signature, self_, {}):
+        call = ", ".join(inspect.signature(fn).parameters)
+        raise DeclarationError(f"{who}: guard {label} can take neither the call "
+                               f"{fn.__name__}({call}) nor the instance alone")
+    return takes
 
 
 def _call_shapes(fn: Callable[..., Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """Sample calls of ``fn`` without self: required only, all positional, all keyword."""
+    """Sample calls of ``fn`` without self: required only, all positional, all keyword,
+    and extra positional and keyword arguments where it takes ``*args`` or ``**kw``."""
     need: list[Any] = []
     need_kw: dict[str, Any] = {}
     pos: list[Any] = []
     pos_kw: dict[str, Any] = {}
     kw_pos: list[Any] = []
     kw: dict[str, Any] = {}
+    extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     for p in list(inspect.signature(fn).parameters.values())[1:]:
         required = p.default is p.empty
         if p.kind is p.POSITIONAL_ONLY:
@@ -576,7 +907,16 @@ def _call_shapes(fn: Callable[..., Any]) -> list[tuple[tuple[Any, ...], dict[str
         elif p.kind is p.KEYWORD_ONLY:
             pos_kw[p.name] = kw[p.name] = None
             need_kw.update({p.name: None} if required else {})
-    return [(tuple(need), need_kw), (tuple(pos), pos_kw), (tuple(kw_pos), kw)]
+        elif p.kind is p.VAR_POSITIONAL:
+            extra.append(((*pos, None), dict(pos_kw)))
+        else:
+            extra.append((tuple(kw_pos), {**kw, "_ls_extra_": None}))
+    return [(tuple(need), need_kw), (tuple(pos), pos_kw), (tuple(kw_pos), kw), *extra]
+
+
+def _required_shape(fn: Callable[..., Any]) -> bool:
+    need, need_kw = _call_shapes(fn)[0]
+    return bool(need or need_kw)
 
 
 def _binds(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -587,156 +927,403 @@ def _binds(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str
     return True
 
 
-def _no_arguments(self: Any) -> None:
-    """The call shape of :func:`transition_state`: the instance and nothing else."""
-
-
 _RETURN_NONE = ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
 
 
-def _is_empty(fn: Callable[..., Any] | None) -> bool:
+def _is_empty(fn: Callable[..., Any]) -> bool:
     """A body that only returns None needs no SAVEPOINT and is not called at all."""
-    if not inspect.isfunction(fn) or inspect.isgeneratorfunction(fn) or \
-            inspect.iscoroutinefunction(fn):
+    if not inspect.isfunction(fn):
         return False
     ops = [(i.opname, i.argval) for i in dis.get_instructions(fn)
            if i.opname not in ("RESUME", "NOP", "CACHE")]
     return ops in _RETURN_NONE
 
 
-def _with_body(t: Transition, body: Callable[[], Any]) -> Transition:
-    copy = Transition.__new__(Transition)
-    for slot in Transition.__slots__:
-        setattr(copy, slot, getattr(t, slot))
-    copy._fn = lambda _obj: body()
-    return copy
+# -- firing: in memory -----------------------------------------------------------------
 
 
-# -- firing --------------------------------------------------------------------------
-
-_MISSING = object()
-_LOCK: Any = True  # with_for_update=True; typed loosely: SQLAlchemy 2.0's stubs disagree
-
-
-def _fire(t: Transition, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Every call lands here: objects in a session go on; the rest run in memory, inline
     (this is the hot path: no call that the common case does not need)."""
-    if t._mapped:
+    if plan.only_self:
+        if args or kwargs:
+            plan.check(obj, *args, **kwargs)  # raises the method's own TypeError
+    else:
+        plan.check(obj, *args, **kwargs)
+    if plan.mapped:
         state = obj._sa_instance_state
         if state.session_id is not None:
             session = state.session
             if session is not None:
-                return _fire_in_session(t, obj, state, session, args, kwargs)
+                return _fire_in_session(plan, obj, state, session, args, kwargs)
         if state.key is not None:
             raise DetachedInstanceError(
-                f"cannot {t.event}() {_describe(obj)}: it is detached from its session, so "
-                "the write could not be checked; merge() it into a session first")
-        current = obj.__dict__.get(t.column)  # transient: nothing to load, skip the descriptor
+                f"cannot {plan.event}() {_describe(obj)}: it is detached from its session, "
+                "so the write could not be checked; merge() it into a session first")
+        current = obj.__dict__.get(plan.column)  # transient: nothing to load
+        if current is None:
+            current = _unset_state(plan, obj)
     else:
-        current = getattr(obj, t.column, None)
-    if current is None or (t.frm is not None and current not in t.frm):
-        _check(t, obj, current, args, kwargs)  # raises
-    if t._guards:  # _check's loop, inline: this is the hot path
-        for label, guard, with_args, _ in t._guards:
-            if not (guard(obj, *args, **kwargs) if with_args else guard(obj)):
-                _refuse(t, obj, current, "guard", f"guard {label} returned false", args, kwargs)
-    ts = t.timestamp
+        current = getattr(obj, plan.column, None)
+    if current is None or (plan.frm is not None and current not in plan.frm):
+        current = _check_state(plan, obj, current, args, kwargs)
+    if plan.guards:  # _check_guards, inline: this is the hot path
+        try:
+            for label, guard, with_args, _ in plan.guards:
+                ok = guard(obj, *args, **kwargs) if with_args else guard(obj)
+                if ok is not True and (not ok or _awaited(plan, label, ok)):
+                    _refuse(plan, obj, current, "guard", f"guard {label} returned false",
+                            args, kwargs)
+        except TransitionError:
+            raise
+        except Exception as exc:
+            exc.add_note(f"raised by guard {label} of {plan.event}(); nothing was written")
+            raise
+    column, ts = plan.column, plan.timestamp
     old_ts = getattr(obj, ts, _MISSING) if ts is not None else None
-    setattr(obj, t.column, t.to)
-    if ts is not None:
-        setattr(obj, ts, _now(t))
+    stamped = False
     try:
-        result = None if t._fn is None else t._fn(obj, *args, **kwargs)
-        if transition_succeeded.receivers:
-            transition_succeeded.send(type(obj), **_payload(t, obj, current, args, kwargs))
-    except BaseException as exc:
-        setattr(obj, t.column, current)
+        setattr(obj, column, plan.to)
         if ts is not None:
-            if old_ts is _MISSING:
-                delattr(obj, ts)
-            else:
-                setattr(obj, ts, old_ts)
-        _failed(t, obj, current, args, kwargs, exc)
-        raise
-    return result
-
-
-def _fire_in_session(t: Transition, obj: Any, state: Any, session: Session,
-                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if state.key is None or t.column in state.committed_state:
-        session.flush()  # a pending row, or an unsaved state: the UPDATE must see it
-    if t.lock:
-        keep = state.committed_state  # the caller's unsaved edits stay as they are
-        session.refresh(obj, [k for k in t._refresh if k not in keep], with_for_update=_LOCK)
-    current = getattr(obj, t.column)
-    _check(t, obj, current, args, kwargs)
-    params = {name: state.key[1][i] for name, i in t._pk}
-    params["ls_from"], params["ls_to"] = current, t.to
-    ts = t.timestamp
-    if ts is not None:
-        params["ls_ts"] = now = _now(t)
-        old_ts = state.dict.get(ts, _MISSING)
-    sender = type(obj)
-    nested = t._fn is not None or (
-        bool(transition_succeeded.receivers) and transition_succeeded.has_receivers_for(sender))
-    savepoint = session.begin_nested() if nested else None
-    won = False
-    try:
-        won = session.connection(bind_arguments=t._bind).execute(t._stmt, params).rowcount == 1
-        if won:
-            set_committed_value(obj, t.column, t.to)
-            if ts is not None:
-                set_committed_value(obj, ts, now)
-            # What the ORM's flush does for a row it updated: any rollback of this
-            # transaction (or of a savepoint enclosing it) now expires the object.
-            session._register_altered([state])
-            result = None if t._fn is None else t._fn(obj, *args, **kwargs)
-            if savepoint is not None:
-                session.flush()
-            if transition_succeeded.receivers:
-                transition_succeeded.send(sender, **_payload(t, obj, current, args, kwargs))
-        if savepoint is not None:
-            savepoint.commit() if won else savepoint.rollback()
+            setattr(obj, ts, _now(plan))
+            stamped = True
+        result = None if plan.fn is None else plan.fn(obj, *args, **kwargs)
+        if transition_succeeded.receivers:
+            transition_succeeded.send(type(obj), **_payload(plan, obj, current, args, kwargs))
     except BaseException as exc:
-        if savepoint is not None and savepoint.is_active:
-            savepoint.rollback()
-        if savepoint is not None or not won:  # else the row keeps the write: so does memory
-            set_committed_value(obj, t.column, current)
-            if ts is not None:
-                if old_ts is _MISSING:
-                    session.expire(obj, [ts])
-                else:
-                    set_committed_value(obj, ts, old_ts)
-        _failed(t, obj, current, args, kwargs, exc)
+        setattr(obj, column, current)
+        if stamped:
+            if old_ts is _MISSING:
+                delattr(obj, cast(str, ts))
+            else:
+                setattr(obj, cast(str, ts), old_ts)
+        _failed(plan, obj, current, args, kwargs, exc)
         raise
-    if not won:  # the next read shows the row; the caller's unsaved edits stay
-        session.expire(obj, [k for k in t._refresh if k not in state.committed_state])
-        _refuse(t, obj, current, "conflict",
-                f"it was {current!r} when read but the row changed before the write", args,
-                kwargs)
-    if transition_committed.receivers:
-        trans = session.get_nested_transaction() or session.get_transaction()
-        pending = session.info.setdefault(_PENDING, {})
-        pending.setdefault(trans, []).append((sender, _payload(t, obj, current, args, kwargs)))
     return result
 
 
-def _check(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
-           kwargs: dict[str, Any]) -> None:
-    if current is None or (t.frm is not None and current not in t.frm):
-        allowed = "any state" if t.frm is None else ", ".join(sorted(map(repr, t.frm)))
-        _refuse(t, obj, current, "invalid", f"{t.event} starts from {allowed}", args, kwargs)
-    for label, guard, with_args, _ in t._guards:
-        if not (guard(obj, *args, **kwargs) if with_args else guard(obj)):
-            _refuse(t, obj, current, "guard", f"guard {label} returned false", args, kwargs)
+def _unset_state(plan: _Plan, obj: Any) -> Any:
+    """The state of an object not yet written: its attribute (a dataclass default may live
+    on the class), else the column's scalar default, which the INSERT would write."""
+    current = getattr(obj, plan.column, None)
+    return plan.default if current is None else current
 
 
-def _refuse(t: Transition, obj: Any, current: Any, reason: str, detail: str,
+def _read_for_probe(plan: _Plan, obj: Any) -> Any:
+    """The state as a call would read it, without a flush, a lock or any other write."""
+    if not plan.mapped:
+        return getattr(obj, plan.column, None)
+    current = obj.__dict__.get(plan.column)
+    if current is not None:
+        return current
+    state = instance_state(obj)
+    if state.key is None:
+        return _unset_state(plan, obj)
+    try:
+        return getattr(obj, plan.column)
+    except DetachedInstanceError:
+        raise DetachedInstanceError(
+            f"cannot ask {plan.event}() of {_describe(obj)}: it is detached from its session "
+            f"and its {plan.column} is not loaded; merge() it into a session first") from None
+    except ObjectDeletedError:
+        return None  # the row is gone: nothing can fire
+
+
+def _check_state(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+    """The state read, in the column's form, if ``frm`` allows it; else the refusal."""
+    if current is not None and plan.frm is not None:
+        normal = plan.normalize(current)
+        if normal in plan.frm:
+            return normal
+    if current is None or (plan.frm is not None and current not in plan.frm):
+        allowed = "any state" if plan.frm is None else ", ".join(sorted(map(repr, plan.frm)))
+        _refuse(plan, obj, current, "invalid", f"{plan.event} starts from {allowed}", args,
+                kwargs)
+    return current
+
+
+def _first_refusing_guard(plan: _Plan, obj: Any, args: tuple[Any, ...],
+                          kwargs: dict[str, Any], *, askable_only: bool) -> _Guard | None:
+    guard: _Guard | None = None
+    try:
+        for guard in plan.guards:
+            if askable_only and not guard.askable:
+                continue
+            ok = guard.fn(obj, *args, **kwargs) if guard.with_args else guard.fn(obj)
+            if ok is not True and (not ok or _awaited(plan, guard.label, ok)):
+                return guard
+    except Exception as exc:
+        if guard is not None and not isinstance(exc, TransitionError):
+            exc.add_note(f"raised by guard {guard.label} of {plan.event}()")
+        raise
+    return None
+
+
+def _awaited(plan: _Plan, label: str, value: object) -> bool:
+    """A truthy guard result is fine, unless it is an awaitable (an async guard in
+    disguise, whose coroutine would be truthy whatever it would return)."""
+    if inspect.isawaitable(value):
+        close = getattr(value, "close", None)
+        if close is not None:
+            close()  # no "never awaited" warning: it is reported here
+        raise TypeError(f"guard {label} of {plan.event}() returned an awaitable; guards of a "
+                        "sync transition return a bool")
+    return False
+
+
+# -- firing: an object in a session ------------------------------------------------------
+#
+# The steps, each small and named: settle, lock, read, check, then the atomic section
+# (open, write, body and extra steps, finish) or its undo.
+
+
+class _Firing:
+    """One call on an object in a session, handed from step to step (and to the plan's
+    extra steps: a history row, an error state)."""
+
+    __slots__ = ("args", "conn", "current", "kwargs", "now", "obj", "old_ts", "plan",
+                 "result", "savepoint", "session", "state", "version", "won")
+
+    def __init__(self, plan: _Plan, obj: Any, state: Any, session: Session, current: Any,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.plan, self.obj, self.state, self.session = plan, obj, state, session
+        self.current, self.args, self.kwargs = current, args, kwargs
+        self.conn: sa.Connection | None = None
+        self.savepoint: SessionTransaction | None = None
+        self.won, self.result = False, None
+        self.now: datetime | None = None
+        self.old_ts: Any = _MISSING
+        self.version: tuple[Any, Any] | None = None  # (read, written)
+
+    def payload(self) -> dict[str, Any]:
+        return _payload(self.plan, self.obj, self.current, self.args, self.kwargs)
+
+
+def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    _settle(plan, state, session)
+    if plan.lock:
+        _lock(plan, obj, state, session, args, kwargs)
+    current = state.dict.get(plan.column, _MISSING)
+    if current is _MISSING and plan.blind and not _needs_savepoint(plan, type(obj)):
+        current = next(iter(cast(frozenset[Any], plan.frm)))  # the UPDATE decides
+        firing = _Firing(plan, obj, state, session, current, args, kwargs)
+        return _atomic_section(firing, blind=True)
+    if current is _MISSING or current is None:
+        current = _load_state(plan, obj, session, args, kwargs)
+    if current is None or (plan.frm is not None and current not in plan.frm):
+        current = _check_state(plan, obj, current, args, kwargs)
+    if plan.guards and (guard := _first_refusing_guard(plan, obj, args, kwargs,
+                                                       askable_only=False)):
+        _refuse(plan, obj, current, "guard", f"guard {guard.label} returned false", args,
+                kwargs)
+    return _atomic_section(_Firing(plan, obj, state, session, current, args, kwargs))
+
+
+def _settle(plan: _Plan, state: Any, session: Session) -> None:
+    """A pending row, or an unsaved edit of the state: the UPDATE must see it."""
+    if state.key is None or plan.column in state.committed_state:
+        session.flush()
+
+
+def _lock(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, ...],
+          kwargs: dict[str, Any]) -> None:
+    """``SELECT ... FOR UPDATE``: reload the state and every column the caller did not
+    edit, so the guards see the row as others committed it."""
+    keep = state.committed_state  # the caller's unsaved edits stay as they are
+    current = state.dict.get(plan.column)
+    try:
+        session.refresh(obj, [k for k in plan.refresh if k not in keep], with_for_update=True)
+    except sa.exc.DBAPIError as exc:  # a lost deadlock: the database dropped the transaction
+        _sqla.refuse_commit_until_rollback(session)
+        _failed(plan, obj, current, args, kwargs, exc)
+        raise
+    except sa.exc.InvalidRequestError:
+        _refuse(plan, obj, current, "conflict", "the row no longer exists", args, kwargs)
+
+
+def _load_state(plan: _Plan, obj: Any, session: Session, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+    try:
+        return getattr(obj, plan.column)
+    except ObjectDeletedError:
+        _refuse(plan, obj, None, "conflict", "the row no longer exists", args, kwargs)
+
+
+def _needs_savepoint(plan: _Plan, sender: type) -> bool:
+    """Whether code other than litestate's UPDATE runs in the atomic section."""
+    return plan.fn is not None or bool(plan.after_write) or (
+        bool(transition_succeeded.receivers) and transition_succeeded.has_receivers_for(sender))
+
+
+def _atomic_section(f: _Firing, *, blind: bool = False) -> Any:
+    plan, session = f.plan, f.session
+    try:
+        f.conn = session.connection(bind_arguments=plan.bind)
+        if _needs_savepoint(plan, type(f.obj)):
+            _open_savepoint(f)
+        if _write(f):
+            _run_body(f)
+        _close_savepoint(f)
+    except BaseException as exc:
+        _undo(f, exc)
+        raise
+    if not f.won:
+        _lost(f, blind)
+    if transition_committed.receivers:
+        _queue_committed(f)
+    return f.result
+
+
+def _open_savepoint(f: _Firing) -> None:
+    assert f.conn is not None
+    _begin_pysqlite(f.conn)
+    f.savepoint = f.session.begin_nested()  # flushes: an unsaved key edit is written now
+    f.session.info.setdefault(_OPEN, []).append(f.savepoint)
+    # The SAVEPOINT is sent when the nested transaction first asks for its connection.
+    f.conn = f.session.connection(bind_arguments=f.plan.bind)
+
+
+def _begin_pysqlite(conn: sa.Connection) -> None:
+    """pysqlite's legacy transaction control sends no BEGIN before a SAVEPOINT, which then
+    opens a transaction of its own that RELEASE commits. Begin one first, as
+    ``litestate.sqlite.enable_savepoints`` makes SQLAlchemy do on every transaction."""
+    if conn.dialect.name != "sqlite":
+        return
+    dbapi = conn.connection.dbapi_connection
+    if isinstance(dbapi, sqlite3.Connection) and dbapi.isolation_level is not None and \
+            not dbapi.in_transaction:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _write(f: _Firing) -> bool:
+    """The conditional UPDATE; on success the object shows what the row now holds."""
+    plan, obj, state = f.plan, f.obj, f.state
+    params = {name: state.key[1][i] for name, i in plan.key}
+    params["ls_from"], params["ls_to"] = f.current, plan.to
+    ts = plan.timestamp
+    if ts is not None:
+        params["ls_ts"] = f.now = _now(plan)
+        f.old_ts = state.dict.get(ts, _MISSING)
+    if plan.version is not None:
+        _version_params(f, params)
+    assert f.conn is not None
+    try:
+        f.won = f.conn.execute(plan.stmt, params).rowcount == 1
+    except Exception:
+        if f.savepoint is None:
+            _sqla.refuse_commit_until_rollback(f.session)
+        raise
+    if f.won:
+        set_committed_value(obj, plan.column, plan.to)
+        if ts is not None:
+            set_committed_value(obj, ts, f.now)
+        if f.version is not None:
+            _set_version(f)
+        _sqla.register_altered(f.session, state)
+    return f.won
+
+
+def _version_params(f: _Firing, params: dict[str, Any]) -> None:
+    version = cast(_Version, f.plan.version)
+    read = getattr(f.obj, version.key)
+    written = read if version.generate is None else version.generate(read)
+    params["ls_ver"] = read
+    if version.generate is not None:
+        params["ls_ver_new"] = written
+    f.version = (read, written)
+
+
+def _set_version(f: _Firing) -> None:
+    version = cast(_Version, f.plan.version)
+    if version.generate is None:
+        f.session.expire(f.obj, [version.key])  # the server bumped it: read it when asked
+    else:
+        set_committed_value(f.obj, version.key, cast(tuple[Any, Any], f.version)[1])
+
+
+def _run_body(f: _Firing) -> None:
+    plan = f.plan
+    f.result = None if plan.fn is None else plan.fn(f.obj, *f.args, **f.kwargs)
+    for step in plan.after_write:
+        step(f)
+    if f.savepoint is not None:
+        f.session.flush()
+    if transition_succeeded.receivers:
+        transition_succeeded.send(type(f.obj), **f.payload())
+
+
+def _close_savepoint(f: _Firing) -> None:
+    savepoint = f.savepoint
+    if savepoint is None:
+        return
+    _close_section(f)
+    if f.won:
+        savepoint.commit()
+    else:
+        savepoint.rollback()
+
+
+def _close_section(f: _Firing) -> None:
+    opened = f.session.info.get(_OPEN)
+    if opened and f.savepoint in opened:
+        opened.remove(f.savepoint)
+
+
+def _undo(f: _Firing, exc: BaseException) -> None:
+    """Roll back the atomic section, show the object as the row now is, report."""
+    plan, savepoint = f.plan, f.savepoint
+    if savepoint is not None:
+        _close_section(f)
+        if savepoint.is_active:
+            savepoint.rollback()
+    if savepoint is not None or not f.won:  # else the row keeps the write: so does memory
+        _restore(f)
+    for step in plan.on_failure:
+        step(f, exc)
+    _failed(plan, f.obj, f.current, f.args, f.kwargs, exc)
+
+
+def _restore(f: _Firing) -> None:
+    plan, obj = f.plan, f.obj
+    set_committed_value(obj, plan.column, f.current)
+    ts = plan.timestamp
+    if ts is not None and f.now is not None:
+        if f.old_ts is _MISSING:
+            f.session.expire(obj, [ts])
+        else:
+            set_committed_value(obj, ts, f.old_ts)
+    if f.version is not None:
+        set_committed_value(obj, cast(_Version, plan.version).key, f.version[0])
+
+
+def _lost(f: _Firing, blind: bool) -> NoReturn:
+    """No row matched: explain why, from the row as it is now."""
+    plan, obj, state, session = f.plan, f.obj, f.state, f.session
+    if state.deleted or obj in session.deleted:
+        _refuse(plan, obj, f.current, "conflict", "the object was deleted in this session",
+                f.args, f.kwargs)
+    # The next read shows the row; the caller's unsaved edits stay.
+    session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
+    if blind:
+        actual = _load_state(plan, obj, session, f.args, f.kwargs)
+        _check_state(plan, obj, actual, f.args, f.kwargs)
+    what = "version" if f.version is not None else "state"
+    _refuse(plan, obj, f.current, "conflict",
+            f"it was {f.current!r} when read but the row's {what} changed before the write",
+            f.args, f.kwargs)
+
+
+# -- signals ----------------------------------------------------------------------------
+
+
+def _refuse(plan: _Plan, obj: Any, current: Any, reason: str, detail: str,
             args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
-    error = _ERRORS[reason](obj, t.event, current, t.to, t.column, reason, detail)
+    error = _ERRORS[reason](obj, plan.event, current, plan.to, plan.column, reason, detail)
     if transition_invalid.receivers:
         try:
-            transition_invalid.send(type(obj), **_payload(t, obj, current, args, kwargs),
+            transition_invalid.send(type(obj), **_payload(plan, obj, current, args, kwargs),
                                     reason=reason, error=error)
         except Exception as exc:
             exc.add_note(f"raised by a transition_invalid receiver while refusing: {error}")
@@ -744,11 +1331,11 @@ def _refuse(t: Transition, obj: Any, current: Any, reason: str, detail: str,
     raise error
 
 
-def _failed(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
+def _failed(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
             kwargs: dict[str, Any], exc: BaseException) -> None:
     if transition_failed.receivers:
         try:
-            transition_failed.send(type(obj), **_payload(t, obj, current, args, kwargs),
+            transition_failed.send(type(obj), **_payload(plan, obj, current, args, kwargs),
                                    error=exc)
         except Exception as receiver_exc:
             receiver_exc.add_note(
@@ -756,16 +1343,16 @@ def _failed(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
             raise
 
 
-def _payload(t: Transition, obj: Any, current: Any, args: tuple[Any, ...],
+def _payload(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"record": obj, "record_id": _record_id(obj), "event": t.event,
-            "from_state": current, "to_state": t.to, "column": t.column, "args": args,
+    return {"record": obj, "record_id": _record_id(obj), "event": plan.event,
+            "from_state": current, "to_state": plan.to, "column": plan.column, "args": args,
             "kwargs": kwargs}
 
 
-def _now(t: Transition) -> datetime:
+def _now(plan: _Plan) -> datetime:
     now = _clock()
-    if t._naive and now.tzinfo is not None:
+    if plan.naive and now.tzinfo is not None:
         return now.astimezone(UTC).replace(tzinfo=None)
     return now
 
@@ -783,9 +1370,41 @@ def _describe(record: Any) -> str:
     return type(record).__name__ + ("" if record_id is None else f" {record_id!r}")
 
 
-# -- transition_committed: queued per transaction, sent when the root commits ----------
+# -- a body may not commit ----------------------------------------------------------------
+
+_OPEN = "litestate.open"  # session.info: the SAVEPOINTs of the atomic sections now running
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    """``session.commit()`` inside a body (or a helper it calls) would commit the
+    transition before it finished: refuse it, so the body raises and nothing is written.
+    A SAVEPOINT the body opened itself may be released."""
+    opened = session.info.get(_OPEN)
+    if not opened or not any(t.is_active for t in opened):
+        return
+    current = session.get_nested_transaction() or session.get_transaction()
+    if current is not None and (current in opened or not current.nested):
+        raise sa.exc.InvalidRequestError(
+            "session.commit() inside a transition's body: the transition would be committed "
+            "before it finished. Commit after the call returns.")
+
+
+# -- transition_committed: queued per transaction, sent when the database commits --------
 
 _PENDING, _READY = "litestate.pending", "litestate.ready"
+# A write the session does not commit itself (Session(bind=connection) in a transaction
+# of the caller's): queued on the connection, with the number of the SAVEPOINT it is in.
+_DEFERRED: weakref.WeakKeyDictionary[sa.Connection, list[tuple[int, type, dict[str, Any]]]] \
+    = weakref.WeakKeyDictionary()
+_Entry = tuple[type, dict[str, Any], sa.Connection]
+
+
+def _queue_committed(f: _Firing) -> None:
+    session = f.session
+    trans = session.get_nested_transaction() or session.get_transaction()
+    pending = session.info.setdefault(_PENDING, {})
+    pending.setdefault(trans, []).append((type(f.obj), f.payload(), f.conn))
 
 
 @sa_event.listens_for(Session, "after_commit")
@@ -810,9 +1429,54 @@ def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
     if entries and trans.parent is not None and not trans.nested:
         pending.setdefault(trans.parent, []).extend(entries)  # type: ignore[union-attr]
     if trans.parent is None:
-        ready = session.info.pop(_READY, None)
+        ready: list[_Entry] | None = session.info.pop(_READY, None)
         if ready:
-            _send_committed(ready)
+            _deliver(ready)
+
+
+def _deliver(ready: list[_Entry]) -> None:
+    """Send now what the database committed; a connection still in a transaction after
+    the session's commit belongs to the caller, whose own commit will decide."""
+    now = []
+    for sender, payload, conn in ready:
+        if conn.in_transaction():
+            _defer(conn, sender, payload)
+        else:
+            now.append((sender, payload))
+    if now:
+        _send_committed(now)
+
+
+def _defer(conn: sa.Connection, sender: type, payload: dict[str, Any]) -> None:
+    queue = _DEFERRED.get(conn)
+    if queue is None:
+        queue = _DEFERRED[conn] = []
+        sa_event.listen(conn, "commit", _connection_commit)
+        sa_event.listen(conn, "rollback", _connection_rollback)
+        sa_event.listen(conn, "rollback_savepoint", _connection_rollback_savepoint)
+    queue.append((_sqla.savepoint_number(conn), sender, payload))
+
+
+def _connection_commit(conn: sa.Connection) -> None:
+    queue = _DEFERRED.get(conn)
+    if queue:
+        entries = [(sender, payload) for _, sender, payload in queue]
+        queue.clear()
+        _sqla.commit_now(conn)
+        _send_committed(entries)
+
+
+def _connection_rollback(conn: sa.Connection) -> None:
+    queue = _DEFERRED.get(conn)
+    if queue:
+        queue.clear()
+
+
+def _connection_rollback_savepoint(conn: sa.Connection, name: str, context: Any) -> None:
+    queue = _DEFERRED.get(conn)
+    if queue:
+        undone = _sqla.parse_savepoint(name)
+        queue[:] = [entry for entry in queue if entry[0] < undone]
 
 
 def _send_committed(ready: list[tuple[type, dict[str, Any]]]) -> None:

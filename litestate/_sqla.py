@@ -1,0 +1,71 @@
+"""Every use of SQLAlchemy's private API in litestate, each with the reason it is needed.
+
+Nothing else in litestate touches a name that starts with an underscore in SQLAlchemy.
+Each function here is exercised by the test suite on the oldest supported SQLAlchemy
+(2.0.2, CI's second pass) and the newest (CI's first pass).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import InstanceState, Session
+
+
+def register_altered(session: Session, state: InstanceState[Any]) -> None:
+    """Tell the session that litestate's Core UPDATE changed this object's row.
+
+    The ORM does this for every row its flush updates: a rollback of the transaction (or
+    of a SAVEPOINT enclosing the write) then expires the object, so it cannot keep
+    showing a state the database no longer has. A Core UPDATE is invisible to that
+    bookkeeping, and there is no public way to join it.
+    """
+    session._register_altered([state])
+
+
+def refuse_commit_until_rollback(session: Session) -> None:
+    """After a statement of litestate's failed outside a SAVEPOINT, make the session
+    refuse to go on until ``rollback()``, exactly as it does after a failed flush.
+
+    PostgreSQL and MariaDB have already aborted (or rolled back) the transaction when
+    one of its statements fails; a later ``commit()`` would "succeed" and silently lose
+    the caller's earlier work. The flush's own recipe is a subtransaction rolled back
+    with ``_capture_exception``: the session becomes inactive and every later use raises
+    ``PendingRollbackError`` naming the original error. Called inside ``except``.
+    """
+    session._autobegin_t()._begin().rollback(_capture_exception=True)
+    assert sys.exc_info()[1] is not None
+
+
+def savepoint_number(conn: sa.Connection) -> int:
+    """The sequence number of the connection's innermost open SAVEPOINT (0 for none).
+
+    SQLAlchemy names its savepoints ``sa_savepoint_N`` with N increasing per connection,
+    so a write made while savepoint N is open is undone by a rollback to any savepoint
+    numbered N or less that is still open. The name is kept on the private
+    ``NestedTransaction._savepoint``.
+    """
+    nested = conn.get_nested_transaction()
+    return 0 if nested is None else parse_savepoint(nested._savepoint)
+
+
+def parse_savepoint(name: str) -> int:
+    """N of ``sa_savepoint_N``; a savepoint SQLAlchemy did not name counts as 1."""
+    head, _, number = name.rpartition("_")
+    return int(number) if head == "sa_savepoint" and number.isdigit() else 1
+
+
+def commit_now(conn: sa.Connection) -> None:
+    """Commit the DBAPI connection inside SQLAlchemy's ``commit`` connection event.
+
+    The event fires just *before* the driver's commit, and nothing fires after it; to
+    send ``transition_committed`` only once the database has committed, litestate does
+    the driver's commit itself (SQLAlchemy's own commit that follows finds nothing left
+    to commit). A driver error is wrapped as SQLAlchemy wraps it.
+    """
+    try:
+        conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+    except Exception as exc:
+        conn._handle_dbapi_exception(exc, None, None, None, None)  # raises, wrapped
