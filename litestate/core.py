@@ -837,6 +837,7 @@ def _argument_check(who: str, fn: Callable[..., Any]) -> tuple[Callable[..., Non
     check = namespace["check"]
     qualname = getattr(fn, "__qualname__", fn.__name__)
     check.__code__ = check.__code__.replace(co_name=fn.__name__, co_qualname=qualname)
+    check.__name__, check.__qualname__ = fn.__name__, qualname  # what TypeError names
     return check, len(parameters) == 1
 
 
@@ -1299,20 +1300,20 @@ def _restore(f: _Firing) -> None:
 
 
 def _lost(f: _Firing, blind: bool) -> NoReturn:
-    """No row matched: explain why, from the row as it is now."""
+    """No row matched: explain why, from the row as it is now (one SELECT)."""
     plan, obj, state, session = f.plan, f.obj, f.state, f.session
     if state.deleted or obj in session.deleted:
         _refuse(plan, obj, f.current, "conflict", "the object was deleted in this session",
                 f.args, f.kwargs)
     # The next read shows the row; the caller's unsaved edits stay.
     session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
-    if blind:
-        actual = _load_state(plan, obj, session, f.args, f.kwargs)
+    actual = _load_state(plan, obj, session, f.args, f.kwargs)
+    if blind:  # the state was never read: this is the first look at it
         _check_state(plan, obj, actual, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"
     _refuse(plan, obj, f.current, "conflict",
-            f"it was {f.current!r} when read but the row's {what} changed before the write",
-            f.args, f.kwargs)
+            f"it was {f.current!r} when read but the row's {what} changed before the write "
+            f"(it is now {actual!r})", f.args, f.kwargs)
 
 
 # -- signals ----------------------------------------------------------------------------

@@ -1,0 +1,474 @@
+"""The core issue's session cases: the database refusing the write, a body that commits,
+"committed" under an external transaction, bad calls, key edits, pysqlite, vanished rows."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, object_session
+from sqlalchemy.orm.exc import DetachedInstanceError
+
+import litestate
+from litestate import ConflictError, InvalidStateError, state_column, transition
+from tests.conftest import SignalLog, StatementLog, recording
+
+
+class TrustBase(DeclarativeBase):
+    pass
+
+
+def _session_of(obj: object) -> Session:
+    session = object_session(obj)
+    assert session is not None
+    return session
+
+
+@state_column("status")
+class Order(TrustBase):
+    __tablename__ = "trust_orders"
+    __table_args__ = (sa.CheckConstraint("status <> 'banned'", name="trust_orders_banned"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="new")
+    note: Mapped[str] = mapped_column(sa.String(40), default="")
+    paid_at: Mapped[datetime | None]
+
+    @transition(frm="new", to="banned")
+    def ban(self) -> None:
+        """The CHECK constraint refuses this UPDATE; no body, so no SAVEPOINT."""
+
+    @transition(frm="new", to="banned")
+    def ban_noting(self, note: str) -> None:
+        self.note = note
+
+    @transition(frm="new", to="paid", timestamp=True)
+    def pay(self) -> None:
+        pass
+
+    @transition(frm="new", to="packed")
+    def pack(self, note: str) -> None:
+        self.note = note
+
+    @transition(frm="new", to="paid")
+    def pay_and_commit(self) -> None:
+        _session_of(self).commit()
+
+    @transition(frm="new", to="held", lock=True)
+    def hold(self) -> None:
+        pass
+
+    @transition(frm="*", to="new")
+    def reset(self, reason: str, *, by: str = "") -> None:
+        self.note = f"{reason} {by}".strip()
+
+
+@pytest.fixture
+def orders(engine: sa.Engine) -> sa.Engine:
+    TrustBase.metadata.drop_all(engine)
+    TrustBase.metadata.create_all(engine)
+    return engine
+
+
+def _new_order(session: Session, **values: Any) -> Order:
+    order = Order(**values)
+    session.add(order)
+    session.commit()
+    return order
+
+
+def _status(engine: sa.Engine, order_id: int) -> str | None:
+    """The row as the database has it, on a connection of its own."""
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(Order.status).where(Order.id == order_id))
+
+
+def _sent(sql: StatementLog) -> list[str]:
+    """The statements' verbs, without the BEGIN that SQLite's enable_savepoints sends."""
+    return [verb for verb in sql.verbs() if verb != "BEGIN"]
+
+
+def _count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(sa.func.count()).select_from(Order)) or 0
+
+
+# -- 2. the database refuses litestate's UPDATE -------------------------------------------
+
+
+def test_a_refused_update_without_a_savepoint_makes_the_session_refuse_to_commit(
+        orders: sa.Engine) -> None:
+    """Either the caller's work survives or the session says it did not: never a commit
+    that silently lost it. Without a SAVEPOINT (no body, no transition_succeeded
+    receiver), the session refuses until rollback()."""
+    heard: list[str] = []
+
+    def failed(sender: type, *, error: BaseException, **extra: Any) -> None:
+        heard.append(f"failed {type(error).__name__}")
+
+    def committed(sender: type, *, event: str, **extra: Any) -> None:
+        heard.append(f"committed {event}")
+
+    with Session(orders) as session, litestate.transition_failed.connected_to(failed), \
+            litestate.transition_committed.connected_to(committed):
+        order, paid = _new_order(session), _new_order(session)
+        ids = (order.id, paid.id)
+        paid.pay()  # queued for transition_committed
+        session.add(Order(note="flushed work"))
+        session.flush()
+        with pytest.raises(sa.exc.IntegrityError):
+            order.ban()
+        assert heard == ["failed IntegrityError"]
+        with pytest.raises(sa.exc.PendingRollbackError):
+            session.commit()
+        session.rollback()
+        assert heard == ["failed IntegrityError"]
+        assert (order.status, paid.status) == ("new", "new")
+    assert (_status(orders, ids[0]), _status(orders, ids[1]), _count(orders)) == (
+        "new", "new", 2)
+
+
+def test_a_refused_update_inside_a_body_savepoint_keeps_the_callers_work(
+        orders: sa.Engine, signals: SignalLog) -> None:
+    with Session(orders) as session:
+        order, paid = _new_order(session), _new_order(session)
+        ids = (order.id, paid.id)
+        paid.pay()
+        session.add(Order(note="flushed work"))
+        session.flush()
+        with pytest.raises(sa.exc.IntegrityError):
+            order.ban_noting("no")
+        assert (order.status, order.note) == ("new", "")
+        session.commit()  # the SAVEPOINT rolled back; the caller's transaction is intact
+        assert [h.payload["record"] for h in signals.of("transition-committed")] == [paid]
+    assert (_status(orders, ids[0]), _status(orders, ids[1]), _count(orders)) == (
+        "new", "paid", 3)
+
+
+@pytest.mark.postgres
+def test_a_lock_that_fails_makes_the_session_refuse_to_commit(
+        pg_engine: sa.Engine, signals: SignalLog) -> None:
+    """The database drops the transaction when SELECT ... FOR UPDATE fails (here a lock
+    timeout; a lost deadlock is the same): earlier transitions are not reported committed."""
+    TrustBase.metadata.drop_all(pg_engine)
+    TrustBase.metadata.create_all(pg_engine)
+    with Session(pg_engine) as holder, Session(pg_engine) as session:
+        order, paid = _new_order(session), _new_order(session)
+        paid_id = paid.id
+        holder.execute(sa.select(Order).where(Order.id == order.id).with_for_update())
+        paid.pay()
+        session.execute(sa.text("SET LOCAL lock_timeout = '50ms'"))
+        with pytest.raises(sa.exc.OperationalError):
+            order.hold()
+        assert signals.names()[-1] == "transition-failed"
+        with pytest.raises(sa.exc.PendingRollbackError):
+            session.commit()
+        session.rollback()
+        holder.rollback()
+    assert signals.of("transition-committed") == []
+    assert _status(pg_engine, paid_id) == "new"
+
+
+# -- 5. a body that commits -------------------------------------------------------------
+
+
+def test_a_body_that_commits_is_refused_and_row_object_and_signals_agree(
+        orders: sa.Engine, signals: SignalLog) -> None:
+    with Session(orders) as session:
+        order = _new_order(session)
+        order_id = order.id
+        with pytest.raises(sa.exc.InvalidRequestError, match=r"commit\(\) inside a transition"):
+            order.pay_and_commit()
+        assert order.status == "new"
+        assert _status(orders, order_id) == "new"
+        assert signals.names() == ["transition-failed"]
+        order.note = "still usable"
+        session.commit()
+    assert _status(orders, order_id) == "new"
+    assert signals.of("transition-committed") == []
+
+
+def test_a_savepoint_of_the_bodys_own_may_be_released(orders: sa.Engine) -> None:
+    with Session(orders) as session:
+        order = _new_order(session)
+        order_id = order.id
+
+        def body() -> None:
+            with session.begin_nested():
+                order.note = "inner"
+
+        litestate.transition_state(order, event="pack", frm="new", to="packed", body=body)
+        session.commit()
+    assert _status(orders, order_id) == "packed"
+
+
+# -- 6. committed means the database committed ---------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["create_savepoint", "conditional_savepoint",
+                                  "rollback_only"])
+@pytest.mark.parametrize("outer", ["commit", "rollback"])
+def test_committed_waits_for_the_external_transaction(
+        orders: sa.Engine, mode: Any, outer: str) -> None:
+    """SQLAlchemy's "join a Session into an external transaction" recipe: the session's
+    commit() does not commit the database; the outer transaction's end decides."""
+    rows_when_heard: list[str | None] = []
+
+    def heard(sender: type, *, record_id: int, **extra: Any) -> None:
+        rows_when_heard.append(_status(orders, record_id))
+
+    with orders.connect() as conn, litestate.transition_committed.connected_to(heard):
+        transaction = conn.begin()
+        with Session(bind=conn, join_transaction_mode=mode) as session:
+            order = _new_order(session)
+            order.pay()
+            session.commit()
+            assert rows_when_heard == []
+        getattr(transaction, outer)()
+        expected = ["paid"] if outer == "commit" else []
+        assert rows_when_heard == expected
+
+
+def test_committed_is_dropped_when_an_enclosing_savepoint_of_the_callers_rolls_back(
+        orders: sa.Engine, signals: SignalLog) -> None:
+    with orders.connect() as conn:
+        transaction = conn.begin()
+        kept = conn.begin_nested()
+        with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+            first = _new_order(session)
+            first_id = first.id
+            first.pay()
+            session.commit()
+        kept.commit()
+        undone = conn.begin_nested()
+        with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+            second = _new_order(session)
+            second.pay()
+            session.commit()
+        undone.rollback()
+        transaction.commit()
+    assert [h.payload["record_id"] for h in signals.of("transition-committed")] == [first_id]
+
+
+def test_a_session_on_an_engine_still_sends_committed_after_its_commit(
+        orders: sa.Engine, signals: SignalLog) -> None:
+    with Session(orders) as session:
+        order = _new_order(session)
+        order.pay()
+        assert signals.of("transition-committed") == []
+        session.commit()
+        assert [h.payload["record"] for h in signals.of("transition-committed")] == [order]
+
+
+# -- 7, 8. nothing passes that should be refused -------------------------------------------
+
+
+@state_column("state")
+class Gate:
+    def __init__(self) -> None:
+        self.state = "shut"
+
+    async def is_open(self) -> bool:
+        return False
+
+    @transition(frm="shut", to="open", guard=lambda self: self.is_open())
+    def open(self) -> None:
+        pass
+
+
+def test_a_guard_returning_an_awaitable_is_an_error_not_a_pass() -> None:
+    gate = Gate()
+    with pytest.raises(TypeError, match=r"guard .* of open\(\) returned an awaitable"):
+        gate.open()
+    with pytest.raises(TypeError, match="awaitable"):
+        litestate.can_transition(gate, "open")
+    gc.collect()  # the coroutine was closed: no "never awaited" warning (warnings are errors)
+    assert gate.state == "shut"
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda o: o.pay("x", 42), r"Order\.pay\(\) takes 1 positional argument"),
+    (lambda o: o.pay(bogus=True), r"Order\.pay\(\) got an unexpected keyword argument"),
+    (lambda o: o.reset(), r"Order\.reset\(\) missing 1 required positional argument"),
+    (lambda o: o.reset("x", "y"), r"Order\.reset\(\) takes 2 positional arguments"),
+    (lambda o: o.pack(note="a", other=1), r"unexpected keyword argument 'other'"),
+])
+def test_a_call_that_does_not_fit_the_method_fails_before_any_sql_or_signal(
+        orders: sa.Engine, sql: StatementLog, signals: SignalLog,
+        call: Callable[[Order], object], message: str) -> None:
+    with Session(orders) as session:
+        order = _new_order(session, status="new")
+        assert order.status == "new"
+        sql.statements.clear()
+        with pytest.raises(TypeError, match=message):
+            call(order)
+        assert sql.statements == []
+        assert signals.heard == []
+        transient = Order(status="new")
+        with pytest.raises(TypeError, match=message):
+            call(transient)
+        assert transient.status == "new"
+        if "takes 1 positional" in message:
+            with pytest.raises(TypeError, match=message):
+                litestate.can_transition(order, "pay", "x", 42)
+
+
+# -- 15. an unsaved key edit ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_receiver", [False, True])
+def test_an_unsaved_primary_key_edit_does_not_make_a_conflict(
+        orders: sa.Engine, with_receiver: bool) -> None:
+    def receiver(sender: type, **extra: Any) -> None:
+        pass
+
+    with Session(orders) as session, recording() as log:
+        order = _new_order(session, id=1)
+        order.id = 99
+        if with_receiver:
+            with litestate.transition_succeeded.connected_to(receiver):
+                order.pay()
+        else:
+            order.pack("moved")
+        session.commit()
+        assert log.names()[-1] == "transition-committed"
+    assert _status(orders, 99) == ("paid" if with_receiver else "packed")
+    assert _status(orders, 1) is None
+
+
+# -- 19. SQLite through pysqlite's own transaction handling -----------------------------------
+
+
+def test_sqlite_without_enable_savepoints_rolls_a_body_back_with_the_transaction(
+        tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    TrustBase.metadata.create_all(engine)
+    with Session(engine) as session:
+        order = _new_order(session)
+        order.pack("first write of the transaction")
+        session.rollback()
+        assert order.status == "new"
+        order.pack("again")
+        order_id = order.id
+        session.commit()
+    assert _status(engine, order_id) == "packed"
+    with Session(engine) as session:
+        other = _new_order(session)
+        other_id = other.id
+
+        def explode() -> None:
+            raise RuntimeError("body failed")
+
+        with pytest.raises(RuntimeError):
+            litestate.transition_state(other, event="pack", frm="new", to="packed",
+                                       body=explode)
+        session.commit()
+    assert _status(engine, other_id) == "new"
+    engine.dispose()
+
+
+# -- 20. vanished rows, raising guards, detached objects ------------------------------------
+
+
+def test_a_locked_transition_on_a_row_deleted_by_another_session_is_a_conflict(
+        orders: sa.Engine, signals: SignalLog) -> None:
+    with Session(orders, expire_on_commit=False) as session, Session(orders) as other:
+        order = _new_order(session)  # loaded, and no read lock held on SQLite
+        other.execute(sa.delete(Order).where(Order.id == order.id))
+        other.commit()
+        with pytest.raises(ConflictError) as info:
+            order.hold()
+        assert (info.value.reason, info.value.detail) == ("conflict", "the row no longer exists")
+        assert signals.names() == ["transition-invalid"]
+
+
+def test_an_expired_object_whose_row_was_deleted_is_a_conflict(orders: sa.Engine) -> None:
+    with Session(orders) as session, Session(orders) as other:
+        order = _new_order(session)
+        order_id = order.id
+        session.commit()  # expired; SQLite's read lock released
+        other.execute(sa.delete(Order).where(Order.id == order_id))
+        other.commit()
+        with pytest.raises(ConflictError, match="no longer exists"):
+            order.pay()
+        with pytest.raises(ConflictError, match="no longer exists"):
+            order.pack("x")
+        assert litestate.can_transition(order, "pay") is False
+
+
+def test_a_raising_guard_propagates_unchanged_with_a_note(signals: SignalLog) -> None:
+    class Boom(Exception):
+        pass
+
+    def guard(self: object) -> bool:
+        raise Boom("the guard failed")
+
+    @state_column("state")
+    class Valve:
+        state = "shut"
+
+        @transition(frm="shut", to="open", guard=guard)
+        def open(self) -> None:
+            pass
+
+    valve = Valve()
+    with pytest.raises(Boom) as info:
+        valve.open()
+    assert any("raised by guard" in note and "open()" in note
+               for note in info.value.__notes__)
+    with pytest.raises(Boom):
+        litestate.can_transition(valve, "open")
+    assert valve.state == "shut"
+    assert signals.heard == []
+
+
+def test_a_detached_object_asked_whether_it_can_transition(orders: sa.Engine) -> None:
+    with Session(orders, expire_on_commit=False) as session:
+        loaded, expired = _new_order(session), _new_order(session)
+        session.expire(expired)
+    assert litestate.can_transition(loaded, "pay") is True  # answers from what it loaded
+    with pytest.raises(DetachedInstanceError, match=r"cannot ask pay\(\) of Order"):
+        litestate.can_transition(expired, "pay")
+    with pytest.raises(DetachedInstanceError, match=r"cannot pay\(\) Order"):
+        loaded.pay()
+
+
+# -- one UPDATE where hand-written compare-and-set sends one ---------------------------------
+
+
+def test_an_expired_object_without_guards_or_body_is_one_update(
+        orders: sa.Engine, sql: StatementLog, frozen_clock: datetime) -> None:
+    with Session(orders) as session:
+        order = _new_order(session)
+        sql.statements.clear()
+        order.pay()
+        assert _sent(sql) == ["UPDATE"]
+        assert (order.status, order.paid_at) == ("paid", frozen_clock)
+        order_id = order.id
+        session.commit()
+    assert _status(orders, order_id) == "paid"
+
+
+def test_an_expired_object_in_another_state_is_refused_as_invalid_after_one_read(
+        orders: sa.Engine, sql: StatementLog) -> None:
+    heard: list[object] = []
+
+    def invalid(sender: type, *, from_state: object, **extra: Any) -> None:
+        heard.append(from_state)
+
+    with Session(orders) as session, litestate.transition_invalid.connected_to(invalid):
+        order = _new_order(session, status="shipped")
+        sql.statements.clear()
+        with pytest.raises(InvalidStateError) as info:
+            order.pay()
+        assert _sent(sql) == ["UPDATE", "SELECT"]
+        assert (info.value.from_state, info.value.reason) == ("shipped", "invalid")
+        assert heard == ["shipped"]
+        order_id = order.id
+        session.commit()
+    assert _status(orders, order_id) == "shipped"
+
