@@ -265,7 +265,36 @@ def database(engine: sa.Engine, label: str) -> None:
             compare(f"3. {label}: transition {mode}, {title}", cases,
                     "hand-written, same guarantees", number=60, rounds=9, extra=sql,
                     target={"litestate": "≤ 1.05"})
+    savepoint_cost(session, hand, label)
     session.close()
+
+
+def savepoint_cost(session: Session, hand: Any, label: str) -> None:
+    """What a SAVEPOINT around every empty-body UPDATE would cost: the other way to keep
+    the caller's work when the database refuses the write (litestate makes the session
+    refuse to commit instead, as a failed flush does)."""
+    def nested(step: Callable[[Session], None]) -> Callable[[], None]:
+        def run() -> None:
+            with session.begin_nested():
+                step(session)
+        return run
+
+    cases = {
+        "one UPDATE (litestate's choice)": (lambda: hand.safe_start(session),
+                                            lambda: hand.safe_stop(session)),
+        "SAVEPOINT, UPDATE, RELEASE": (nested(hand.safe_start), nested(hand.safe_stop)),
+    }
+    for mode, finish in (("+ flush", session.flush), ("+ commit", session.commit)):
+        def make(start: Case, stop: Case, finish: Callable[[], None] = finish) -> Case:
+            def case() -> None:
+                start()
+                finish()
+                stop()
+                finish()
+            return case
+        compare(f"3c. {label}: the price of a SAVEPOINT around an empty body, {mode}",
+                {name: make(*steps) for name, steps in cases.items()},
+                "one UPDATE (litestate's choice)", number=60, rounds=9)
 
 
 # -- 5: scale on PostgreSQL -----------------------------------------------------------------

@@ -101,8 +101,17 @@ _M = TypeVar("_M")
 _C = TypeVar("_C", bound=type)
 State = str | int | enum.Enum
 #: A guard: a callable taking the instance (and, optionally, the call's arguments), or
-#: the name of a method, property or column of the class.
-Guard = str | Callable[[Any], object] | Callable[..., object]
+#: the name of a method, property or column of the class. All four callables mean "takes
+#: the instance first"; they are spelled by arity for pyright, which types an unannotated
+#: lambda from the first member, most parameters first, that it fits: without them a
+#: ``lambda self, amount: ...``'s parameters would be Unknown, not Any, in strict mode.
+Guard = (
+    str
+    | Callable[Concatenate[Any, Any, Any, Any, ...], object]
+    | Callable[Concatenate[Any, Any, Any, ...], object]
+    | Callable[Concatenate[Any, Any, ...], object]
+    | Callable[Concatenate[Any, ...], object]
+)
 
 _signals = Namespace()
 #: Sent inside the transaction once the state is written, the body ran and was flushed.
@@ -296,7 +305,7 @@ def transitions(cls: type) -> tuple[Transition, ...]:
 
 
 def transition_state(
-    obj: Any, *, event: str, frm: State | Iterable[State], to: State,
+    obj: object, *, event: str, frm: State | Iterable[State], to: State,
     column: str | None = None, timestamp: bool | str | None = None,
     guard: Guard | Sequence[Guard] | None = None, lock: bool = False,
     body: Callable[[], _R] | None = None,
@@ -1033,15 +1042,12 @@ def _read_for_probe(plan: _Plan, obj: Any) -> Any:
 def _check_state(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:
     """The state read, in the column's form, if ``frm`` allows it; else the refusal."""
-    if current is not None and plan.frm is not None:
-        normal = plan.normalize(current)
-        if normal in plan.frm:
-            return normal
-    if current is None or (plan.frm is not None and current not in plan.frm):
-        allowed = "any state" if plan.frm is None else ", ".join(sorted(map(repr, plan.frm)))
-        _refuse(plan, obj, current, "invalid", f"{plan.event} starts from {allowed}", args,
-                kwargs)
-    return current
+    if current is not None:
+        current = plan.normalize(current)
+        if plan.frm is None or current in plan.frm:
+            return current
+    allowed = "any state" if plan.frm is None else ", ".join(sorted(map(repr, plan.frm)))
+    _refuse(plan, obj, current, "invalid", f"{plan.event} starts from {allowed}", args, kwargs)
 
 
 def _first_refusing_guard(plan: _Plan, obj: Any, args: tuple[Any, ...],
