@@ -267,13 +267,23 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     Reads attributes only: no write, no signal, no lock. Arguments that do not fit the
     method raise ``TypeError``, as the call would.
     """
-    plan = _plan_of(obj, event)
-    plan.check(obj, *args, **kwargs)
-    current = _read_for_probe(plan, obj)
-    if current is None or (plan.frm is not None and current not in plan.frm and
-                           plan.normalize(current) not in plan.frm):
+    machine = type(obj).__dict__.get(_KEY)
+    plan = machine.plans.get(event) if machine is not None else None
+    if plan is None:
+        plan = _plan_of(obj, event)
+    if args or kwargs or not plan.only_self:
+        plan.check(obj, *args, **kwargs)
+    # A loaded mapped attribute is in __dict__: skip the descriptor; else read as the call.
+    current = obj.__dict__.get(plan.column) if plan.mapped else None
+    if current is None:
+        current = _read_for_probe(plan, obj)
+        if current is None:
+            return False
+    frm = plan.frm
+    if frm is not None and current not in frm and plan.normalize(current) not in frm:
         return False
-    return _first_refusing_guard(plan, obj, args, kwargs, askable_only=False) is None
+    return not plan.guards or _first_refusing_guard(plan, obj, args, kwargs,
+                                                    askable_only=False) is None
 
 
 def available_transitions(obj: object) -> list[str]:
@@ -281,12 +291,14 @@ def available_transitions(obj: object) -> list[str]:
 
     Guards that need the call's arguments cannot be asked here and count as passing.
     """
-    machine = _machine_of_instance(obj)
+    machine = type(obj).__dict__.get(_KEY) or _machine_of_instance(obj)
     found: list[_Plan] = []
     for reader, by_state, any_state in machine.by_column:
-        current = _read_for_probe(reader, obj)
+        current = obj.__dict__.get(reader.column) if reader.mapped else None
         if current is None:
-            continue
+            current = _read_for_probe(reader, obj)
+            if current is None:
+                continue
         candidates = by_state.get(current)
         if candidates is None:
             candidates = by_state.get(reader.normalize(current), any_state)
