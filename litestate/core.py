@@ -586,6 +586,12 @@ class _Machine:
     def adhoc_plan(self, spec: _Spec) -> _Plan:
         """A :func:`transition_state` declaration, compiled once while it stays recent."""
         key = spec.cache_key()
+        try:
+            hash(key)
+        except TypeError:  # an unhashable guard: compile it for this call only
+            cls = self.cls()
+            assert cls is not None
+            return _compile_plan(cls, _mapper_of(cls), spec)
         with _COMPILING:
             plan = self.adhoc.get(key)
             if plan is None:
@@ -697,6 +703,9 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
     if not isinstance(table, sa.Table):
         raise DeclarationError(f"{who}: {plan.column} is not a column of a table")
     key_cols = _identity_columns(who, mapper, table)
+    if any(c is state_col for c in key_cols):
+        raise DeclarationError(f"{who}: {plan.column} is part of the mapper's identity; a "
+                               "state column cannot be a primary key column")
     values: dict[Any, Any] = {state_col: sa.bindparam("ls_to", type_=state_col.type)}
     where = [c == sa.bindparam(f"ls_pk{i}", type_=c.type) for i, c in enumerate(key_cols)]
     where.append(state_col == sa.bindparam("ls_from", type_=state_col.type))
@@ -711,6 +720,10 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
                 f"{who}: the version_id_col {version_col} is not on {table.name}, the table "
                 f"of {plan.column}; litestate's UPDATE could not check it")
         generate = mapper.version_id_generator
+        if not callable(generate) and version_col.server_onupdate is None:
+            raise DeclarationError(
+                f"{who}: version_id_generator=False and {version_col} has no server_onupdate:"
+                " the application bumps the version, which litestate's UPDATE cannot")
         plan.version = _Version(mapper.get_property_by_column(version_col).key,
                                 generate if callable(generate) else None)
         where.append(version_col == sa.bindparam("ls_ver", type_=version_col.type))
@@ -731,6 +744,8 @@ def _identity_columns(who: str, mapper: Mapper[Any], table: sa.Table) -> list[An
     for pk_col in mapper.primary_key:
         prop = mapper.get_property_by_column(pk_col)
         col = next((c for c in prop.columns if getattr(c, "table", None) is table), None)
+        if col is None:  # joined inheritance: the child's key references the parent's
+            col = next((c for c in table.primary_key if c.references(cast(Any, pk_col))), None)
         if col is None:
             raise DeclarationError(
                 f"{who}: {table.name} has no column for the identity {prop.key!r}, so an "
@@ -761,9 +776,18 @@ def _converter(who: str, mapper: Mapper[Any] | None, column: str) -> Callable[[A
     if prop is None:
         raise DeclarationError(f"{who}: {mapper.class_.__name__} has no column {column!r}")
     type_ = prop.columns[0].type
+    persisted: dict[str, Any] = {}
+    if isinstance(type_, sa.Enum) and type_.enum_class is not None:
+        if type_.values_callable is not None:  # aligned with the class's members
+            persisted = dict(zip(type_.enums, type_.enum_class, strict=False))
+        else:
+            persisted = {name: type_.enum_class[name] for name in type_.enums
+                         if name in type_.enum_class.__members__}
 
     def convert(state: Any) -> Any:
         if isinstance(type_, sa.Enum) and type_.enum_class is not None:
+            if isinstance(state, str) and state in persisted:
+                return persisted[state]  # what SQLAlchemy reads a string as
             for member in type_.enum_class:
                 if state is member or state in (member.name, member.value):
                     return member
@@ -1141,9 +1165,13 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
 
 
 def _settle(plan: _Plan, state: Any, session: Session) -> None:
-    """A pending row, or an unsaved edit of the state: the UPDATE must see it."""
+    """A pending row, or an unsaved edit of the state: the UPDATE must see it. An object
+    deleted in this session has no row to write."""
     if state.key is None or plan.column in state.committed_state:
         session.flush()
+    if state.deleted or (session.deleted and state.obj() in session.deleted):
+        _refuse(plan, state.obj(), state.dict.get(plan.column), "conflict",
+                "the object was deleted in this session", (), {})
 
 
 def _lock(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, ...],
@@ -1229,7 +1257,12 @@ def _write(f: _Firing) -> bool:
         _version_params(f, params)
     assert f.conn is not None
     try:
-        f.won = f.conn.execute(plan.stmt, params).rowcount == 1
+        rowcount = f.conn.execute(plan.stmt, params).rowcount
+        if rowcount > 1:
+            raise sa.orm.exc.StaleDataError(
+                f"{plan.event}() on {_describe(obj)}: the UPDATE matched {rowcount} rows; "
+                "the mapper's identity does not name one row of the table")
+        f.won = rowcount == 1
     except Exception:
         if f.savepoint is None:
             _sqla.refuse_commit_until_rollback(f.session)
@@ -1268,6 +1301,7 @@ def _run_body(f: _Firing) -> None:
     for step in plan.after_write:
         step(f)
     if f.savepoint is not None:
+        _check_still_open(f)
         f.session.flush()
     if transition_succeeded.receivers:
         transition_succeeded.send(type(f.obj), **f.payload())
@@ -1278,10 +1312,29 @@ def _close_savepoint(f: _Firing) -> None:
     if savepoint is None:
         return
     _close_section(f)
+    _check_still_open(f)
     if f.won:
         savepoint.commit()
     else:
         savepoint.rollback()
+
+
+def _check_still_open(f: _Firing) -> None:
+    if not _still_open(f.session, cast(SessionTransaction, f.savepoint)):
+        raise sa.exc.InvalidRequestError(
+            f"the body of {f.plan.event}() rolled back or closed the session's transaction, "
+            "and with it the transition's write; roll back after the call returns instead")
+
+
+def _still_open(session: Session, savepoint: SessionTransaction) -> bool:
+    """Whether ``savepoint`` is still in the session's chain of transactions (active, or
+    deactivated by a failed flush inside it), not closed by a rollback or close()."""
+    trans = session.get_nested_transaction()
+    while trans is not None and trans.nested:
+        if trans is savepoint:
+            return True
+        trans = trans.parent
+    return False
 
 
 def _close_section(f: _Firing) -> None:
@@ -1295,7 +1348,7 @@ def _undo(f: _Firing, exc: BaseException) -> None:
     plan, savepoint = f.plan, f.savepoint
     if savepoint is not None:
         _close_section(f)
-        if savepoint.is_active:
+        if _still_open(f.session, savepoint):
             savepoint.rollback()
     if savepoint is not None or not f.won:  # else the row keeps the write: so does memory
         _restore(f)

@@ -472,3 +472,198 @@ def test_an_expired_object_in_another_state_is_refused_as_invalid_after_one_read
         session.commit()
     assert _status(orders, order_id) == "shipped"
 
+
+
+# -- found by attacking the core ------------------------------------------------------------
+
+
+@state_column("status")
+class Ticket(TrustBase):
+    __tablename__ = "trust_tickets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="new")
+    title: Mapped[str | None] = mapped_column(sa.String(20), nullable=False, default="t")
+
+    @transition(frm="new", to="open")
+    def open(self, title: str | None) -> None:
+        self.title = title  # None: the body's flush fails (NOT NULL)
+
+    @transition(frm="new", to="open")
+    def open_and_roll_back(self) -> None:
+        _session_of(self).rollback()
+
+    @transition(frm="new", to="open")
+    def open_plain(self) -> None:
+        pass
+
+
+def test_a_body_whose_flush_fails_leaves_the_session_usable_with_the_callers_work(
+        orders: sa.Engine) -> None:
+    with Session(orders) as session:
+        ticket, other = Ticket(), Ticket()
+        session.add_all([ticket, other])
+        session.commit()
+        ids = (ticket.id, other.id)
+        other.title = "caller"
+        with pytest.raises(sa.exc.IntegrityError):
+            ticket.open(None)
+        assert ticket.status == "new"
+        session.commit()
+    with orders.connect() as conn:
+        rows = dict(conn.execute(sa.select(Ticket.id, Ticket.title).order_by(Ticket.id)).all())
+        statuses = set(conn.scalars(sa.select(Ticket.status)))
+    assert (rows[ids[1]], statuses) == ("caller", {"new"})
+
+
+def test_a_body_that_rolls_back_the_session_is_a_clear_error(
+        orders: sa.Engine, signals: SignalLog) -> None:
+    with Session(orders) as session:
+        ticket = Ticket()
+        session.add(ticket)
+        session.commit()
+        with pytest.raises(sa.exc.InvalidRequestError, match="rolled back or closed"):
+            ticket.open_and_roll_back()
+        assert ticket.status == "new"
+        assert signals.names() == ["transition-failed"]
+        session.commit()
+        assert ticket.status == "new"
+
+
+def test_an_object_deleted_in_this_session_is_a_conflict(orders: sa.Engine) -> None:
+    with Session(orders, expire_on_commit=False) as session:
+        ticket = Ticket()
+        session.add(ticket)
+        session.commit()
+        session.delete(ticket)
+        with pytest.raises(ConflictError, match="deleted in this session"):
+            ticket.open_plain()
+
+
+def test_an_update_that_matches_several_rows_is_undone_and_refused(tmp_path: Path) -> None:
+    """A mapper-only primary key that is not unique in the table: never write two rows."""
+    registry = sa.orm.registry()
+    jobs = sa.Table("jobs", registry.metadata, sa.Column("code", sa.Integer),
+                    sa.Column("status", sa.String(10)))
+
+    @state_column("status")
+    class Job:
+        @transition(frm="new", to="done")
+        def finish(self) -> None:
+            pass
+
+    registry.map_imperatively(Job, jobs, primary_key=[jobs.c.code])
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    registry.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(jobs.insert(), [{"code": 1, "status": "new"}] * 2)
+    with Session(engine) as session:
+        job = session.scalars(sa.select(Job).limit(1)).one()
+        with pytest.raises(sa.orm.exc.StaleDataError, match="matched 2 rows"):
+            job.finish()
+        with pytest.raises(sa.exc.PendingRollbackError):
+            session.commit()
+    with engine.connect() as conn:
+        assert set(conn.scalars(sa.select(jobs.c.status))) == {"new"}
+    engine.dispose()
+    registry.dispose()
+
+
+def _configure_fails(registry: sa.orm.registry, match: str) -> None:
+    try:
+        with pytest.raises(litestate.DeclarationError, match=match):
+            registry.configure()
+    finally:
+        registry.dispose()
+
+
+def test_a_state_column_in_the_primary_key_is_a_declaration_error() -> None:
+    registry = sa.orm.registry()
+
+    @registry.mapped
+    @state_column("status")
+    class Keyed:
+        __tablename__ = "keyed"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        status: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
+
+        @transition(frm="new", to="done")
+        def finish(self) -> None:
+            pass
+
+    _configure_fails(registry, r"Keyed\.finish: status is part of the mapper's identity")
+
+
+def test_an_application_managed_version_is_a_declaration_error() -> None:
+    registry = sa.orm.registry()
+
+    @registry.mapped
+    @state_column("status")
+    class Doc:
+        __tablename__ = "docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        status: Mapped[str] = mapped_column(sa.String(10))
+        version: Mapped[int] = mapped_column(default=1)
+        __mapper_args__ = {"version_id_col": version,  # noqa: RUF012
+                           "version_id_generator": False}
+
+        @transition(frm="draft", to="live")
+        def publish(self) -> None:
+            pass
+
+    _configure_fails(registry, r"Doc\.publish: version_id_generator=False")
+
+
+def test_joined_inheritance_with_a_child_key_of_its_own_name(tmp_path: Path) -> None:
+    registry = sa.orm.registry()
+
+    @registry.mapped
+    class Party:
+        __tablename__ = "party"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(sa.String(10))
+        __mapper_args__ = {"polymorphic_on": kind,  # noqa: RUF012
+                           "polymorphic_identity": "party"}
+
+    @registry.mapped
+    @state_column("pstate")
+    class Person(Party):
+        __tablename__ = "person"
+        person_id: Mapped[int] = mapped_column(sa.ForeignKey("party.id"), primary_key=True)
+        pstate: Mapped[str] = mapped_column(sa.String(10), default="a")
+        __mapper_args__ = {"polymorphic_identity": "person"}  # noqa: RUF012
+
+        @transition(frm="a", to="b")
+        def flip(self) -> None:
+            pass
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'party.db'}")
+    registry.metadata.create_all(engine)
+    with Session(engine) as session:
+        people = [Person(), Person()]
+        session.add_all(people)
+        session.commit()
+        people[0].flip()
+        session.commit()
+        assert [p.pstate for p in people] == ["b", "a"]
+    engine.dispose()
+    registry.dispose()
+
+
+def test_an_unhashable_guard_works_in_transition_state() -> None:
+    class AtLeast:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+        def __call__(self, obj: Any) -> bool:
+            return bool(obj.level >= self.level)
+
+    @state_column("state")
+    class Hatch:
+        level = 3
+        state = "closed"
+
+    hatch = Hatch()
+    litestate.transition_state(hatch, event="open", frm="closed", to="open", guard=AtLeast(1))
+    assert hatch.state == "open"
