@@ -101,16 +101,21 @@ _M = TypeVar("_M")
 _C = TypeVar("_C", bound=type)
 State = str | int | enum.Enum
 #: A guard: a callable taking the instance (and, optionally, the call's arguments), or
-#: the name of a method, property or column of the class. All four callables mean "takes
-#: the instance first"; they are spelled by arity for pyright, which types an unannotated
-#: lambda from the first member, most parameters first, that it fits: without them a
-#: ``lambda self, amount: ...``'s parameters would be Unknown, not Any, in strict mode.
+#: the name of a method, property or column of the class. Every member means "takes the
+#: instance first", spelled for the type checkers: pyright types an unannotated lambda's
+#: parameters from the member it fits that has the most parameters, so each arity has a
+#: ``Concatenate`` (``Callable[..., object]`` would leave them Unknown in strict mode);
+#: mypy checks a list of guards against the exact arities alone.
 Guard = (
     str
-    | Callable[Concatenate[Any, Any, Any, Any, ...], object]
-    | Callable[Concatenate[Any, Any, Any, ...], object]
-    | Callable[Concatenate[Any, Any, ...], object]
     | Callable[Concatenate[Any, ...], object]
+    | Callable[Concatenate[Any, Any, ...], object]
+    | Callable[Concatenate[Any, Any, Any, ...], object]
+    | Callable[Concatenate[Any, Any, Any, Any, ...], object]
+    | Callable[[Any], object]
+    | Callable[[Any, Any], object]
+    | Callable[[Any, Any, Any], object]
+    | Callable[[Any, Any, Any, Any], object]
 )
 
 _signals = Namespace()
@@ -939,7 +944,7 @@ def _call_shapes(fn: Callable[..., Any]) -> list[tuple[tuple[Any, ...], dict[str
     pos_kw: dict[str, Any] = {}
     kw_pos: list[Any] = []
     kw: dict[str, Any] = {}
-    extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    var_positional = var_keyword = False
     for p in list(inspect.signature(fn).parameters.values())[1:]:
         required = p.default is p.empty
         if p.kind is p.POSITIONAL_ONLY:
@@ -954,10 +959,15 @@ def _call_shapes(fn: Callable[..., Any]) -> list[tuple[tuple[Any, ...], dict[str
             pos_kw[p.name] = kw[p.name] = None
             need_kw.update({p.name: None} if required else {})
         elif p.kind is p.VAR_POSITIONAL:
-            extra.append(((*pos, None), dict(pos_kw)))
+            var_positional = True
         else:
-            extra.append((tuple(kw_pos), {**kw, "_ls_extra_": None}))
-    return [(tuple(need), need_kw), (tuple(pos), pos_kw), (tuple(kw_pos), kw), *extra]
+            var_keyword = True
+    shapes = [(tuple(need), need_kw), (tuple(pos), pos_kw), (tuple(kw_pos), kw)]
+    if var_positional:  # after the loop: with every keyword-only parameter
+        shapes.append(((*pos, None), dict(pos_kw)))
+    if var_keyword:
+        shapes.append((tuple(kw_pos), {**kw, "_ls_extra_": None}))
+    return shapes
 
 
 def _required_shape(fn: Callable[..., Any]) -> bool:
@@ -1125,7 +1135,7 @@ class _Firing:
     """One call on an object in a session, handed from step to step (and to the plan's
     extra steps: a history row, an error state)."""
 
-    __slots__ = ("args", "conn", "current", "kwargs", "now", "obj", "old_ts", "plan",
+    __slots__ = ("args", "blind", "conn", "current", "kwargs", "now", "obj", "old_ts", "plan",
                  "result", "savepoint", "session", "state", "version", "won")
 
     def __init__(self, plan: _Plan, obj: Any, state: Any, session: Session, current: Any,
@@ -1135,6 +1145,7 @@ class _Firing:
         self.conn: sa.Connection | None = None
         self.savepoint: SessionTransaction | None = None
         self.won, self.result = False, None
+        self.blind = False  # the state was not read: the UPDATE assumed plan.frm's one state
         self.now: datetime | None = None
         self.old_ts: Any = _MISSING
         self.version: tuple[Any, Any] | None = None  # (read, written)
@@ -1152,7 +1163,8 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
     if current is _MISSING and plan.blind and not _needs_savepoint(plan, type(obj)):
         current = next(iter(cast(frozenset[Any], plan.frm)))  # the UPDATE decides
         firing = _Firing(plan, obj, state, session, current, args, kwargs)
-        return _atomic_section(firing, blind=True)
+        firing.blind = True
+        return _atomic_section(firing)
     if current is _MISSING or current is None:
         current = _load_state(plan, obj, session, args, kwargs)
     if current is None or (plan.frm is not None and current not in plan.frm):
@@ -1204,7 +1216,7 @@ def _needs_savepoint(plan: _Plan, sender: type) -> bool:
         bool(transition_succeeded.receivers) and transition_succeeded.has_receivers_for(sender))
 
 
-def _atomic_section(f: _Firing, *, blind: bool = False) -> Any:
+def _atomic_section(f: _Firing) -> Any:
     plan, session = f.plan, f.session
     try:
         f.conn = session.connection(bind_arguments=plan.bind)
@@ -1217,7 +1229,7 @@ def _atomic_section(f: _Firing, *, blind: bool = False) -> Any:
         _undo(f, exc)
         raise
     if not f.won:
-        _lost(f, blind)
+        _lost(f)
     if transition_committed.receivers:
         _queue_committed(f)
     return f.result
@@ -1359,7 +1371,10 @@ def _undo(f: _Firing, exc: BaseException) -> None:
 
 def _restore(f: _Firing) -> None:
     plan, obj = f.plan, f.obj
-    set_committed_value(obj, plan.column, f.current)
+    if f.blind:  # never read: let the next read show the row
+        f.session.expire(obj, [plan.column])
+    else:
+        set_committed_value(obj, plan.column, f.current)
     ts = plan.timestamp
     if ts is not None and f.now is not None:
         if f.old_ts is _MISSING:
@@ -1370,7 +1385,7 @@ def _restore(f: _Firing) -> None:
         set_committed_value(obj, cast(_Version, plan.version).key, f.version[0])
 
 
-def _lost(f: _Firing, blind: bool) -> NoReturn:
+def _lost(f: _Firing) -> NoReturn:
     """No row matched: explain why, from the row as it is now (one SELECT)."""
     plan, obj, state, session = f.plan, f.obj, f.state, f.session
     if state.deleted or obj in session.deleted:
@@ -1379,7 +1394,7 @@ def _lost(f: _Firing, blind: bool) -> NoReturn:
     # The next read shows the row; the caller's unsaved edits stay.
     session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
     actual = _load_state(plan, obj, session, f.args, f.kwargs)
-    if blind:  # the state was never read: this is the first look at it
+    if f.blind:  # the state was never read: this is the first look at it
         _check_state(plan, obj, actual, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"
     _refuse(plan, obj, f.current, "conflict",
