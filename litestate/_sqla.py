@@ -22,7 +22,7 @@ def register_altered(session: Session, state: InstanceState[Any]) -> None:
     showing a state the database no longer has. A Core UPDATE is invisible to that
     bookkeeping, and there is no public way to join it.
     """
-    session._register_altered([state])
+    session._register_altered([state])  # pyright: ignore[reportPrivateUsage]
 
 
 def refuse_commit_until_rollback(session: Session) -> None:
@@ -35,7 +35,8 @@ def refuse_commit_until_rollback(session: Session) -> None:
     with ``_capture_exception``: the session becomes inactive and every later use raises
     ``PendingRollbackError`` naming the original error. Called inside ``except``.
     """
-    session._autobegin_t()._begin().rollback(_capture_exception=True)
+    subtransaction = session._autobegin_t()._begin()  # pyright: ignore[reportPrivateUsage]
+    subtransaction.rollback(_capture_exception=True)
     assert sys.exc_info()[1] is not None
 
 
@@ -48,7 +49,8 @@ def savepoint_number(conn: sa.Connection) -> int:
     ``NestedTransaction._savepoint``.
     """
     nested = conn.get_nested_transaction()
-    return 0 if nested is None else parse_savepoint(nested._savepoint)
+    return 0 if nested is None else parse_savepoint(
+        nested._savepoint)  # pyright: ignore[reportPrivateUsage]
 
 
 def parse_savepoint(name: str) -> int:
@@ -65,7 +67,9 @@ def commit_now(conn: sa.Connection) -> None:
     the driver's commit itself (SQLAlchemy's own commit that follows finds nothing left
     to commit). A driver error is wrapped as SQLAlchemy wraps it.
     """
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
     try:
-        conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
-    except Exception as exc:
-        conn._handle_dbapi_exception(exc, None, None, None, None)  # raises, wrapped
+        dbapi_connection.commit()
+    except Exception as exc:  # raises it, wrapped
+        conn._handle_dbapi_exception(exc, None, None, None, None)  # pyright: ignore[reportPrivateUsage]

@@ -69,9 +69,10 @@ from typing import Any, Concatenate, NamedTuple, NoReturn, ParamSpec, TypeVar, c
 import sqlalchemy as sa
 from blinker import Namespace
 from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
-from sqlalchemy.orm.exc import DetachedInstanceError, ObjectDeletedError
+from sqlalchemy.orm.exc import DetachedInstanceError, ObjectDeletedError, StaleDataError
 
 from litestate import _sqla
 
@@ -238,7 +239,8 @@ def transition(
         _check_body(fn, "@transition decorates a method")
         # Two `def start` in one class body leave one attribute; see the first one here.
         name = getattr(fn, "__name__", "")
-        if isinstance(sys._getframe(1).f_locals.get(name), _Declared):
+        caller = sys._getframe(1)  # pyright: ignore[reportPrivateUsage] - the class body
+        if isinstance(caller.f_locals.get(name), _Declared):
             raise DeclarationError(f"transition {name!r} is declared twice")
         return cast(Callable[Concatenate[_M, _P], _R], _Declared(options.with_fn(fn)))
 
@@ -251,12 +253,12 @@ def state_column(column: str) -> Callable[[_C], _C]:
     It only records the name: the class is compiled later (see the module docstring), so
     a relationship to a class defined further down still works.
     """
-    if not isinstance(column, str) or not column:
+    if not isinstance(column, str) or not column:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise DeclarationError(f"@state_column({column!r}): a column is a non-empty str")
     name = column
 
     def decorate(cls: _C) -> _C:
-        if not isinstance(cls, type):
+        if not isinstance(cls, type):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise DeclarationError(f"@state_column({name!r}) decorates a class, not {cls!r}")
         type.__setattr__(cls, "__litestate_column__", name)
         if _KEY in cls.__dict__:  # compiled too early (a call before the decorator ran)
@@ -316,7 +318,7 @@ def available_transitions(obj: object) -> list[str]:
 
 def transitions(cls: type) -> tuple[Transition, ...]:
     """Every transition of ``cls`` (inherited ones included), in declaration order."""
-    if not isinstance(cls, type):
+    if not isinstance(cls, type):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"transitions() takes a class, not {cls!r}")
     return tuple(plan.desc for plan in _machine_of(cls).plans.values())
 
@@ -333,7 +335,7 @@ def transition_state(
     atomic section and its result is returned. Compiled declarations are cached per
     class, for the last 128 distinct declarations.
     """
-    if not isinstance(event, str) or not event.isidentifier():
+    if not isinstance(event, str) or not event.isidentifier():  # pyright: ignore[reportUnnecessaryIsInstance]
         raise DeclarationError(f"transition_state(event={event!r}): an event is a name")
     if body is not None:
         _check_body(body, f"transition_state(body={body!r}): a body is a function")
@@ -342,7 +344,10 @@ def transition_state(
     machine = _machine_of(type(obj), adhoc=True)
     plan = machine.adhoc_plan(spec)
     if body is not None:
-        plan = plan.with_body(lambda _obj: body())
+        def call_body(_obj: object) -> _R:
+            return body()
+
+        plan = plan.with_body(call_body)
     return cast("_R | None", _fire(plan, obj, (), {}))
 
 
@@ -369,8 +374,10 @@ class _Spec(NamedTuple):
 
     def cache_key(self) -> tuple[Any, ...]:
         """Equal for equal declarations only (a state's type counts: 1 is not True)."""
-        frm = None if self.frm is None else tuple((type(s), s) for s in self.frm)
-        return (self.event, frm, type(self.to), self.to, self.column, self.timestamp,
+        frm: tuple[tuple[type[Any], Any], ...] | None = None
+        if self.frm is not None:
+            frm = tuple((state.__class__, state) for state in self.frm)
+        return (self.event, frm, self.to.__class__, self.to, self.column, self.timestamp,
                 self.guards, self.lock)
 
 
@@ -395,13 +402,13 @@ def _method(spec: _Spec) -> Callable[..., Any]:
 
     @functools.wraps(spec.fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        cls = type(self)
+        cls = self.__class__
         machine = cls.__dict__.get(_KEY)
         if machine is None:
             machine = _machine_of(cls)
         return _fire(machine.plans[event], self, args, kwargs)
 
-    method.__litestate__ = spec  # type: ignore[attr-defined]
+    method.__litestate__ = spec  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
     return method
 
 
@@ -449,7 +456,7 @@ def _states(frm: object) -> tuple[Any, ...] | None:
         raise DeclarationError(
             f"@transition(frm={frm!r}): frm is a state (str, int or Enum), an iterable of "
             "states, or '*'")
-    found = tuple(frm)
+    found: tuple[Any, ...] = tuple(cast(Any, frm))
     if not found:
         raise DeclarationError(f"@transition(frm={frm!r}): name at least one state, or '*'")
     return tuple(_state(s, "frm") for s in found)
@@ -465,11 +472,12 @@ def _state(state: object, what: str) -> Any:
 def _guard_list(guard: object) -> tuple[Guard, ...]:
     if guard is None:
         return ()
-    guards = (guard,) if isinstance(guard, str) or callable(guard) else guard
+    guards: object = (guard,) if isinstance(guard, str) or callable(guard) else guard
     if not isinstance(guards, list | tuple):
         raise DeclarationError(
             f"@transition(guard={guard!r}): a guard is a callable, a name, or a list of them")
-    for g in guards:
+    checked: tuple[Any, ...] = tuple(cast(Sequence[Any], guards))
+    for g in checked:
         if isinstance(g, str) and g.isidentifier():
             continue
         if not callable(g):
@@ -478,7 +486,7 @@ def _guard_list(guard: object) -> tuple[Guard, ...]:
             raise DeclarationError(
                 f"@transition(guard={g!r}): an async or generator guard cannot be checked by "
                 "a sync transition; it must return a bool")
-    return cast(tuple[Guard, ...], tuple(guards))
+    return cast(tuple[Guard, ...], checked)
 
 
 def _check_body(fn: object, what: str) -> None:
@@ -644,7 +652,7 @@ def _machine_of_instance(obj: object) -> _Machine:
 
 def _plan_of(obj: object, event: str) -> _Plan:
     machine = _machine_of_instance(obj)
-    plan = machine.plans.get(event) if isinstance(event, str) else None
+    plan = machine.plans.get(event) if isinstance(event, str) else None  # pyright: ignore[reportUnnecessaryIsInstance]
     if plan is None:
         raise ValueError(f"{type(obj).__name__} has no transition {event!r}; it has "
                          f"{list(machine.plans)}")
@@ -653,7 +661,7 @@ def _plan_of(obj: object, event: str) -> _Plan:
 
 def _mapper_of(cls: type) -> Mapper[Any] | None:
     mapper: object = sa.inspect(cls, raiseerr=False)
-    return mapper if isinstance(mapper, Mapper) else None
+    return cast(Any, mapper) if isinstance(mapper, Mapper) else None
 
 
 @sa_event.listens_for(Mapper, "mapper_configured")
@@ -703,10 +711,11 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
 def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
                    convert: Callable[[Any], Any]) -> None:
     """The conditional UPDATE, compiled once: it names the row by the mapper's identity."""
-    state_col = mapper.column_attrs[plan.column].columns[0]
-    table = state_col.table
+    state_col: Any = mapper.column_attrs[plan.column].columns[0]
+    table: Any = state_col.table
     if not isinstance(table, sa.Table):
         raise DeclarationError(f"{who}: {plan.column} is not a column of a table")
+    table = cast(Any, table)  # pyright reads the narrowed Table as Table[Unknown]
     key_cols = _identity_columns(who, mapper, table)
     if any(c is state_col for c in key_cols):
         raise DeclarationError(f"{who}: {plan.column} is part of the mapper's identity; a "
@@ -745,7 +754,7 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
 def _identity_columns(who: str, mapper: Mapper[Any], table: sa.Table) -> list[Any]:
     """For each part of the mapper's identity (``mapper.primary_key``, which is the
     ``__mapper_args__`` primary key when given), its column in ``table``."""
-    found = []
+    found: list[Any] = []
     for pk_col in mapper.primary_key:
         prop = mapper.get_property_by_column(pk_col)
         col = next((c for c in prop.columns if getattr(c, "table", None) is table), None)
@@ -870,7 +879,8 @@ def _argument_check(who: str, fn: Callable[..., Any]) -> tuple[Callable[..., Non
     if not parameters or parameters[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD):
         raise DeclarationError(f"{who}: a transition is a method taking self first")
-    words, star = [], False
+    words: list[str] = []
+    star = False
     for i, p in enumerate(parameters):
         if p.kind is p.KEYWORD_ONLY and not star:
             words.append("*")
@@ -895,12 +905,12 @@ def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Gu
     """A guard as a callable taking the instance (and, if ``with_args``, the call's
     arguments), and whether it can run without the call's arguments."""
     if isinstance(g, str):
-        raw = inspect.getattr_static(cls, g, _MISSING)
+        raw: Any = inspect.getattr_static(cls, g, _MISSING)
         if raw is _MISSING:
             raise DeclarationError(f"{who}: guard {g!r} is not an attribute of {cls.__name__}")
         if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
             return _Guard(g, operator.attrgetter(g), False, True)  # a property, a column
-        target, bound, label = getattr(cls, g), not inspect.isfunction(raw), g
+        target, bound, label = getattr(cls, g), not inspect.isfunction(cast(Any, raw)), g
         if _is_async(target) or inspect.isgeneratorfunction(target):
             raise DeclarationError(f"{who}: guard {g!r} is an async or generator method; a "
                                    "sync transition needs a bool")
@@ -909,8 +919,12 @@ def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Gu
     with_args = _takes_the_call(who, label, target, bound, fn)
     askable = not with_args or not _required_shape(fn)
     if isinstance(g, str):
-        call = (lambda obj, *a, **k: getattr(obj, g)(*a, **k)) if with_args else \
-            operator.methodcaller(g)
+        name = g
+
+        def call_with_args(obj: object, *a: Any, **k: Any) -> object:
+            return getattr(obj, name)(*a, **k)
+
+        call = call_with_args if with_args else operator.methodcaller(g)
         return _Guard(label, call, with_args, askable)
     return _Guard(label, g, with_args, askable)
 
@@ -1024,6 +1038,7 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     if current is None or (plan.frm is not None and current not in plan.frm):
         current = _check_state(plan, obj, current, args, kwargs)
     if plan.guards:  # _check_guards, inline: this is the hot path
+        label = ""
         try:
             for label, guard, with_args, _ in plan.guards:
                 ok = guard(obj, *args, **kwargs) if with_args else guard(obj)
@@ -1045,7 +1060,7 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             stamped = True
         result = None if plan.fn is None else plan.fn(obj, *args, **kwargs)
         if transition_succeeded.receivers:
-            transition_succeeded.send(type(obj), **_payload(plan, obj, current, args, kwargs))
+            transition_succeeded.send(obj.__class__, **_payload(plan, obj, current, args, kwargs))
     except BaseException as exc:
         setattr(obj, column, current)
         if stamped:
@@ -1160,7 +1175,7 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
     if plan.lock:
         _lock(plan, obj, state, session, args, kwargs)
     current = state.dict.get(plan.column, _MISSING)
-    if current is _MISSING and plan.blind and not _needs_savepoint(plan, type(obj)):
+    if current is _MISSING and plan.blind and not _needs_savepoint(plan, obj.__class__):
         current = next(iter(cast(frozenset[Any], plan.frm)))  # the UPDATE decides
         firing = _Firing(plan, obj, state, session, current, args, kwargs)
         firing.blind = True
@@ -1194,11 +1209,11 @@ def _lock(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, 
     current = state.dict.get(plan.column)
     try:
         session.refresh(obj, [k for k in plan.refresh if k not in keep], with_for_update=True)
-    except sa.exc.DBAPIError as exc:  # a lost deadlock: the database dropped the transaction
+    except sa_exc.DBAPIError as exc:  # a lost deadlock: the database dropped the transaction
         _sqla.refuse_commit_until_rollback(session)
         _failed(plan, obj, current, args, kwargs, exc)
         raise
-    except sa.exc.InvalidRequestError:
+    except sa_exc.InvalidRequestError:
         _refuse(plan, obj, current, "conflict", "the row no longer exists", args, kwargs)
 
 
@@ -1220,7 +1235,7 @@ def _atomic_section(f: _Firing) -> Any:
     plan, session = f.plan, f.session
     try:
         f.conn = session.connection(bind_arguments=plan.bind)
-        if _needs_savepoint(plan, type(f.obj)):
+        if _needs_savepoint(plan, f.obj.__class__):
             _open_savepoint(f)
         if _write(f):
             _run_body(f)
@@ -1271,7 +1286,7 @@ def _write(f: _Firing) -> bool:
     try:
         rowcount = f.conn.execute(plan.stmt, params).rowcount
         if rowcount > 1:
-            raise sa.orm.exc.StaleDataError(
+            raise StaleDataError(
                 f"{plan.event}() on {_describe(obj)}: the UPDATE matched {rowcount} rows; "
                 "the mapper's identity does not name one row of the table")
         f.won = rowcount == 1
@@ -1316,7 +1331,7 @@ def _run_body(f: _Firing) -> None:
         _check_still_open(f)
         f.session.flush()
     if transition_succeeded.receivers:
-        transition_succeeded.send(type(f.obj), **f.payload())
+        transition_succeeded.send(f.obj.__class__, **f.payload())
 
 
 def _close_savepoint(f: _Firing) -> None:
@@ -1333,7 +1348,7 @@ def _close_savepoint(f: _Firing) -> None:
 
 def _check_still_open(f: _Firing) -> None:
     if not _still_open(f.session, cast(SessionTransaction, f.savepoint)):
-        raise sa.exc.InvalidRequestError(
+        raise sa_exc.InvalidRequestError(
             f"the body of {f.plan.event}() rolled back or closed the session's transaction, "
             "and with it the transition's write; roll back after the call returns instead")
 
@@ -1410,7 +1425,7 @@ def _refuse(plan: _Plan, obj: Any, current: Any, reason: str, detail: str,
     error = _ERRORS[reason](obj, plan.event, current, plan.to, plan.column, reason, detail)
     if transition_invalid.receivers:
         try:
-            transition_invalid.send(type(obj), **_payload(plan, obj, current, args, kwargs),
+            transition_invalid.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
                                     reason=reason, error=error)
         except Exception as exc:
             exc.add_note(f"raised by a transition_invalid receiver while refusing: {error}")
@@ -1422,7 +1437,7 @@ def _failed(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
             kwargs: dict[str, Any], exc: BaseException) -> None:
     if transition_failed.receivers:
         try:
-            transition_failed.send(type(obj), **_payload(plan, obj, current, args, kwargs),
+            transition_failed.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
                                    error=exc)
         except Exception as receiver_exc:
             receiver_exc.add_note(
@@ -1472,7 +1487,7 @@ def _before_commit(session: Session) -> None:
         return
     current = session.get_nested_transaction() or session.get_transaction()
     if current is not None and (current in opened or not current.nested):
-        raise sa.exc.InvalidRequestError(
+        raise sa_exc.InvalidRequestError(
             "session.commit() inside a transition's body: the transition would be committed "
             "before it finished. Commit after the call returns.")
 
@@ -1485,36 +1500,41 @@ _PENDING, _READY = "litestate.pending", "litestate.ready"
 _DEFERRED: weakref.WeakKeyDictionary[sa.Connection, list[tuple[int, type, dict[str, Any]]]] \
     = weakref.WeakKeyDictionary()
 _Entry = tuple[type, dict[str, Any], sa.Connection]
+_Pending = dict[SessionTransaction, list[_Entry]]  # session.info[_PENDING]
 
 
 def _queue_committed(f: _Firing) -> None:
     session = f.session
     trans = session.get_nested_transaction() or session.get_transaction()
-    pending = session.info.setdefault(_PENDING, {})
-    pending.setdefault(trans, []).append((type(f.obj), f.payload(), f.conn))
+    assert trans is not None
+    assert f.conn is not None
+    pending: _Pending = session.info.setdefault(_PENDING, {})
+    pending.setdefault(trans, []).append((f.obj.__class__, f.payload(), f.conn))
 
 
 @sa_event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
     # Also fires when a SAVEPOINT is released: hand its signals to the parent.
-    pending = session.info.get(_PENDING)
+    pending: _Pending | None = session.info.get(_PENDING)
     trans = session.get_nested_transaction() or session.get_transaction()
-    entries = pending.pop(trans, None) if pending else None
-    if entries and trans is not None:
+    if not pending or trans is None:
+        return
+    entries = pending.pop(trans, None)
+    if entries:
         if trans.parent is None:
             session.info.setdefault(_READY, []).extend(entries)
         else:
-            pending.setdefault(trans.parent, []).extend(entries)  # type: ignore[union-attr]
+            pending.setdefault(trans.parent, []).extend(entries)
 
 
 @sa_event.listens_for(Session, "after_transaction_end")
 def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
     # Entries still here belong to a transaction that rolled back, unless it is a
     # subtransaction (not nested), whose fate is its parent's.
-    pending = session.info.get(_PENDING)
+    pending: _Pending | None = session.info.get(_PENDING)
     entries = pending.pop(trans, None) if pending else None
-    if entries and trans.parent is not None and not trans.nested:
-        pending.setdefault(trans.parent, []).extend(entries)  # type: ignore[union-attr]
+    if pending and entries and trans.parent is not None and not trans.nested:
+        pending.setdefault(trans.parent, []).extend(entries)
     if trans.parent is None:
         ready: list[_Entry] | None = session.info.pop(_READY, None)
         if ready:
@@ -1524,7 +1544,7 @@ def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
 def _deliver(ready: list[_Entry]) -> None:
     """Send now what the database committed; a connection still in a transaction after
     the session's commit belongs to the caller, whose own commit will decide."""
-    now = []
+    now: list[tuple[type, dict[str, Any]]] = []
     for sender, payload, conn in ready:
         if conn.in_transaction():
             _defer(conn, sender, payload)
@@ -1569,7 +1589,7 @@ def _connection_rollback_savepoint(conn: sa.Connection, name: str, context: Any)
 def _send_committed(ready: list[tuple[type, dict[str, Any]]]) -> None:
     """Every receiver hears every committed transition (blinker's send() would stop at
     the first receiver that raises); then the first receiver error, if any, propagates."""
-    errors = []
+    errors: list[Exception] = []
     for sender, payload in ready:
         for receiver in transition_committed.receivers_for(sender):
             try:
