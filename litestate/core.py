@@ -401,8 +401,8 @@ def _method(spec: _Spec) -> Callable[..., Any]:
     assert spec.fn is not None
 
     @functools.wraps(spec.fn)
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        cls = self.__class__
+    def method(self: object, *args: Any, **kwargs: Any) -> Any:
+        cls = type(self)
         machine = cls.__dict__.get(_KEY)
         if machine is None:
             machine = _machine_of(cls)
