@@ -747,7 +747,7 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
     plan.key = tuple((f"ls_pk{i}", i) for i in range(len(key_cols)))
     plan.bind, plan.mapped = {"mapper": mapper}, True
     plan.refresh = tuple(p.key for p in mapper.column_attrs)
-    plan.normalize = _normalizer(convert)
+    plan.normalize = _normalizer(state_col.type, convert)
     plan.default = _scalar_default(state_col, convert)
 
 
@@ -790,13 +790,7 @@ def _converter(who: str, mapper: Mapper[Any] | None, column: str) -> Callable[[A
     if prop is None:
         raise DeclarationError(f"{who}: {mapper.class_.__name__} has no column {column!r}")
     type_ = prop.columns[0].type
-    persisted: dict[str, Any] = {}
-    if isinstance(type_, sa.Enum) and type_.enum_class is not None:
-        if type_.values_callable is not None:  # aligned with the class's members
-            persisted = dict(zip(type_.enums, type_.enum_class, strict=False))
-        else:
-            persisted = {name: type_.enum_class[name] for name in type_.enums
-                         if name in type_.enum_class.__members__}
+    persisted = _persisted_members(type_)
 
     def convert(state: Any) -> Any:
         if isinstance(type_, sa.Enum) and type_.enum_class is not None:
@@ -832,9 +826,25 @@ def _check_fits(who: str, column: str, type_: Any, state: Any) -> None:
             f"{length})")
 
 
-def _normalizer(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A value read from the attribute, in the column's form (an Enum column may hold the
-    member's name or value as a string: SQLAlchemy accepts and writes both)."""
+def _persisted_members(type_: Any) -> dict[str, Any]:
+    """For an Enum column of a Python enum: each string it stores, and its member."""
+    if not isinstance(type_, sa.Enum) or type_.enum_class is None:
+        return {}
+    members = type_.enum_class
+    if type_.values_callable is not None:  # aligned with the class's members
+        return dict(zip(type_.enums, members, strict=False))
+    return {name: members[name] for name in type_.enums if name in members.__members__}
+
+
+def _normalizer(type_: Any, convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A value read from the attribute, in the column's form. An Enum column of a Python
+    enum may hold the string it stores (the member's name, or its value with
+    ``values_callable``): SQLAlchemy writes that string as the member, and any other
+    string as it is, so only that string is read as the member."""
+    persisted = _persisted_members(type_)
+    if persisted:
+        return lambda value: persisted.get(value, value) if isinstance(value, str) else value
+
     def normalize(value: Any) -> Any:
         try:
             return convert(value)
