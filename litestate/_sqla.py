@@ -25,6 +25,19 @@ def register_altered(session: Session, state: InstanceState[Any]) -> None:
     session._register_altered([state])  # pyright: ignore[reportPrivateUsage]
 
 
+def is_deleted(state: InstanceState[Any]) -> bool:
+    """Whether the object was deleted in its session, flushed or not.
+
+    ``InstanceState.deleted`` is public but only true after the flush; before it, the
+    session's ``deleted`` property builds a new set of every deleted object on each
+    access, while its private ``_deleted`` dict answers for one object in O(1).
+    """
+    if state._deleted:  # pyright: ignore[reportPrivateUsage]
+        return True
+    session = state.session
+    return session is not None and state in session._deleted  # pyright: ignore[reportPrivateUsage]
+
+
 def refuse_commit_until_rollback(session: Session) -> None:
     """After a statement of litestate's failed outside a SAVEPOINT, make the session
     refuse to go on until ``rollback()``, exactly as it does after a failed flush.

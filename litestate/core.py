@@ -275,13 +275,17 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     method raise ``TypeError``, as the call would.
     """
     machine = type(obj).__dict__.get(_KEY)
-    plan = machine.plans.get(event) if machine is not None else None
+    plan = machine.plans.get(event) if machine is not None and machine.declared else None
     if plan is None:
         plan = _plan_of(obj, event)
     if args or kwargs or not plan.only_self:
         plan.check(obj, *args, **kwargs)
     # A loaded mapped attribute is in __dict__: skip the descriptor; else read as the call.
-    current = obj.__dict__.get(plan.column) if plan.mapped else None
+    current = None
+    if plan.mapped:
+        if _deleted_in_session(obj):
+            return False
+        current = obj.__dict__.get(plan.column)
     if current is None:
         current = _read_for_probe(plan, obj)
         if current is None:
@@ -298,8 +302,12 @@ def available_transitions(obj: object) -> list[str]:
 
     Guards that need the call's arguments cannot be asked here and count as passing.
     """
-    machine = type(obj).__dict__.get(_KEY) or _machine_of_instance(obj)
+    machine = type(obj).__dict__.get(_KEY)
+    if machine is None or not machine.declared:
+        machine = _machine_of_instance(obj)
     found: list[_Plan] = []
+    if machine.by_column and machine.by_column[0][0].mapped and _deleted_in_session(obj):
+        return []
     for reader, by_state, any_state in machine.by_column:
         current = obj.__dict__.get(reader.column) if reader.mapped else None
         if current is None:
@@ -320,7 +328,10 @@ def transitions(cls: type) -> tuple[Transition, ...]:
     """Every transition of ``cls`` (inherited ones included), in declaration order."""
     if not isinstance(cls, type):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"transitions() takes a class, not {cls!r}")
-    return tuple(plan.desc for plan in _machine_of(cls).plans.values())
+    machine = _machine_of(cls)
+    if not machine.declared:
+        raise TypeError(f"{cls.__name__} declares no transitions")
+    return tuple(plan.desc for plan in machine.plans.values())
 
 
 def transition_state(
@@ -406,9 +417,15 @@ def _method(spec: _Spec) -> Callable[..., Any]:
         machine = cls.__dict__.get(_KEY)
         if machine is None:
             machine = _machine_of(cls)
-        return _fire(machine.plans[event], self, args, kwargs)
+        plan = machine.plans.get(event)
+        if plan is None or plan.spec is not spec:  # overridden: super().event() got here
+            plan = machine.overridden_plan(spec)
+        return _fire(plan, self, args, kwargs)
 
     method.__litestate__ = spec  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+    method.__name__ = event  # `begin = start` in a class body declares the event "begin"
+    prefix = method.__qualname__.rpartition(".")[0]
+    method.__qualname__ = f"{prefix}.{event}" if prefix else event
     return method
 
 
@@ -528,10 +545,12 @@ class _Plan:
 
     __slots__ = ("after_write", "bind", "blind", "check", "column", "default", "desc",
                  "event", "fn", "frm", "guards", "key", "lock", "mapped", "naive", "normalize",
-                 "on_failure", "only_self", "refresh", "stmt", "timestamp", "to", "version")
+                 "on_failure", "only_self", "refresh", "spec", "stmt", "timestamp", "to",
+                 "version")
 
     def __init__(self) -> None:
         self.event = self.column = ""
+        self.spec: _Spec | None = None  # the declaration it was compiled from
         self.frm: frozenset[Any] | None = None
         self.to: Any = None
         self.timestamp: str | None = None
@@ -575,10 +594,15 @@ def _same(value: Any) -> Any:
 class _Machine:
     """A class's compiled transitions, kept on the class: it dies with it."""
 
-    __slots__ = ("__weakref__", "adhoc", "by_column", "cls", "order", "plans")
+    __slots__ = ("__weakref__", "adhoc", "by_column", "cls", "declared", "order", "overridden",
+                 "plans")
 
     def __init__(self, cls: type, plans: dict[str, _Plan]) -> None:
         self.cls, self.plans = weakref.ref(cls), plans
+        #: Whether the class declares anything: transitions, or a state column.
+        self.declared = bool(plans) or _declares(cls)
+        # Transitions a subclass overrode, compiled for it when super() calls them.
+        self.overridden: dict[int, tuple[_Spec, _Plan]] = {}
         self.order = {plan: i for i, plan in enumerate(plans.values())}
         # For available_transitions: per state column, a plan to read it with, each
         # state's candidates and those of "*".
@@ -595,6 +619,17 @@ class _Machine:
                 any_state.append(plan)
         self.by_column = list(columns.values())
         self.adhoc: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
+
+    def overridden_plan(self, spec: _Spec) -> _Plan:
+        """The plan of a declaration this class overrode (reached through ``super()``)."""
+        with _COMPILING:
+            found = self.overridden.get(id(spec))
+            if found is None or found[0] is not spec:
+                cls = self.cls()
+                assert cls is not None
+                found = self.overridden[id(spec)] = (spec, _compile_plan(cls, _mapper_of(cls),
+                                                                         spec))
+        return found[1]
 
     def adhoc_plan(self, spec: _Spec) -> _Plan:
         """A :func:`transition_state` declaration, compiled once while it stays recent."""
@@ -632,7 +667,7 @@ def _machine_of(cls: type, *, adhoc: bool = False) -> _Machine:
         machine = cls.__dict__.get(_KEY)
         if machine is None:
             machine = _compile(cls, mapper)
-            if not machine.plans and not adhoc and not _declares(cls):
+            if not machine.declared and not adhoc:
                 raise TypeError(f"{cls.__name__} declares no transitions")
             with contextlib.suppress(TypeError):  # a builtin type: nothing to keep
                 type.__setattr__(cls, _KEY, machine)
@@ -645,9 +680,12 @@ def _declares(cls: type) -> bool:
 
 def _machine_of_instance(obj: object) -> _Machine:
     try:
-        return _machine_of(type(obj))
+        machine = _machine_of(type(obj))
     except TypeError:
-        raise TypeError(f"{obj!r} is not an object with transitions") from None
+        machine = None
+    if machine is None or not machine.declared:
+        raise TypeError(f"{obj!r} is not an object with transitions")
+    return machine
 
 
 def _plan_of(obj: object, event: str) -> _Plan:
@@ -682,11 +720,13 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
     who = f"{cls.__name__}.{spec.event}"
     assert spec.fn is not None
     plan = _Plan()
-    plan.event, plan.lock = spec.event, spec.lock
+    plan.event, plan.lock, plan.spec = spec.event, spec.lock, spec
     column = spec.column or getattr(cls, "__litestate_column__", None)
     if column is None:
         raise DeclarationError(f"{who}: no state column; pass column= or use @state_column")
     plan.column = column
+    if mapper is None:
+        _check_settable(who, cls, column)
     ts = f"{_plain(spec.to)}_at" if spec.timestamp is True else spec.timestamp or None
     plan.timestamp = ts
     convert = _converter(who, mapper, column)
@@ -706,6 +746,17 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
                   not plan.guards and not plan.lock and plan.fn is None and
                   plan.version is None and not plan.after_write)
     return plan
+
+
+def _check_settable(who: str, cls: type, column: str) -> None:
+    """A plain class's state attribute must take the new state."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if getattr(params, "frozen", False):
+        raise DeclarationError(f"{who}: {cls.__name__} is a frozen dataclass; its {column} "
+                               "cannot be set")
+    raw = inspect.getattr_static(cls, column, None)
+    if isinstance(raw, property) and raw.fset is None:
+        raise DeclarationError(f"{who}: {column} is a property without a setter")
 
 
 def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
@@ -919,7 +970,7 @@ def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Gu
         if raw is _MISSING:
             raise DeclarationError(f"{who}: guard {g!r} is not an attribute of {cls.__name__}")
         if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
-            return _Guard(g, operator.attrgetter(g), False, True)  # a property, a column
+            return _Guard(g, _read_guard(g), False, True)  # a property, a column, a wrapper
         target, bound, label = getattr(cls, g), not inspect.isfunction(cast(Any, raw)), g
         if _is_async(target) or inspect.isgeneratorfunction(target):
             raise DeclarationError(f"{who}: guard {g!r} is an async or generator method; a "
@@ -937,6 +988,18 @@ def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Gu
         call = call_with_args if with_args else operator.methodcaller(g)
         return _Guard(label, call, with_args, askable)
     return _Guard(label, g, with_args, askable)
+
+
+def _read_guard(name: str) -> Callable[[object], object]:
+    """A guard named after a property or a column (its value), or after a method made by
+    a decorator (``functools.cache``, ``partialmethod``): called with the instance alone."""
+    read = operator.attrgetter(name)
+
+    def guard(obj: object) -> object:
+        value = read(obj)
+        return value() if callable(value) else value
+
+    return guard
 
 
 def _takes_the_call(who: str, label: str, target: Callable[..., Any], bound: bool,
@@ -988,7 +1051,7 @@ def _call_shapes(fn: Callable[..., Any]) -> list[tuple[tuple[Any, ...], dict[str
             var_keyword = True
     shapes = [(tuple(need), need_kw), (tuple(pos), pos_kw), (tuple(kw_pos), kw)]
     if var_positional:  # after the loop: with every keyword-only parameter
-        shapes.append(((*pos, None), dict(pos_kw)))
+        shapes.append(((*pos, None, None), dict(pos_kw)))
     if var_keyword:
         shapes.append((tuple(kw_pos), {**kw, "_ls_extra_": None}))
     return shapes
@@ -1062,9 +1125,10 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             raise
     column, ts = plan.column, plan.timestamp
     old_ts = getattr(obj, ts, _MISSING) if ts is not None else None
-    stamped = False
+    wrote = stamped = False
     try:
         setattr(obj, column, plan.to)
+        wrote = True
         if ts is not None:
             setattr(obj, ts, _now(plan))
             stamped = True
@@ -1072,7 +1136,8 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         if transition_succeeded.receivers:
             transition_succeeded.send(obj.__class__, **_payload(plan, obj, current, args, kwargs))
     except BaseException as exc:
-        setattr(obj, column, current)
+        if wrote:
+            setattr(obj, column, current)
         if stamped:
             if old_ts is _MISSING:
                 delattr(obj, cast(str, ts))
@@ -1088,6 +1153,11 @@ def _unset_state(plan: _Plan, obj: Any) -> Any:
     on the class), else the column's scalar default, which the INSERT would write."""
     current = getattr(obj, plan.column, None)
     return plan.default if current is None else current
+
+
+def _deleted_in_session(obj: object) -> bool:
+    state = instance_state(obj)
+    return state.session_id is not None and _sqla.is_deleted(state)
 
 
 def _read_for_probe(plan: _Plan, obj: Any) -> Any:
@@ -1206,7 +1276,7 @@ def _settle(plan: _Plan, state: Any, session: Session) -> None:
     deleted in this session has no row to write."""
     if state.key is None or plan.column in state.committed_state:
         session.flush()
-    if state.deleted or (session.deleted and state.obj() in session.deleted):
+    if _sqla.is_deleted(state):
         _refuse(plan, state.obj(), state.dict.get(plan.column), "conflict",
                 "the object was deleted in this session", (), {})
 
@@ -1413,7 +1483,7 @@ def _restore(f: _Firing) -> None:
 def _lost(f: _Firing) -> NoReturn:
     """No row matched: explain why, from the row as it is now (one SELECT)."""
     plan, obj, state, session = f.plan, f.obj, f.state, f.session
-    if state.deleted or obj in session.deleted:
+    if _sqla.is_deleted(state):
         _refuse(plan, obj, f.current, "conflict", "the object was deleted in this session",
                 f.args, f.kwargs)
     # The next read shows the row; the caller's unsaved edits stay.
