@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import gc
 import operator
@@ -574,3 +575,179 @@ def test_every_committed_receiver_error_but_the_first_is_a_note_on_the_first(
     [other] = [exc for exc in raised if exc is not info.value]
     assert info.value.__notes__ == [f"another transition_committed receiver raised {other!r}"]
     assert getattr(other, "__notes__", []) == []
+
+
+# -- the second mutation run (seed 20261201) -------------------------------------------------
+
+
+def test_succeeded_is_sent_after_the_bodys_changes_are_flushed(tmp_path: Any) -> None:
+    """Even with autoflush off, a receiver reading the row sees what the body wrote."""
+    from litestate.sqlite import enable_savepoints
+    from tests.models import Base
+
+    engine = enable_savepoints(sa.create_engine(f"sqlite:///{tmp_path / 'flush.db'}"))
+    Base.metadata.create_all(engine)
+    seen: list[str | None] = []
+
+    def receiver(sender: type, *, record: Todo, **extra: Any) -> None:
+        session = sa.orm.object_session(record)
+        assert session is not None
+        seen.append(session.connection().scalar(
+            sa.select(Todo.started_by).where(Todo.id == record.id)))
+
+    with Session(engine, autoflush=False) as session, \
+            litestate.transition_succeeded.connected_to(receiver, sender=Todo):
+        todo = Todo(title="t")
+        session.add(todo)
+        session.commit()
+        todo.start("ada")
+    assert seen == ["ada"]
+    engine.dispose()
+
+
+class Named(enum.Enum):
+    live = "is_live"
+    two = 2
+
+
+def test_timestamp_true_names_the_column_after_the_value_or_else_the_name() -> None:
+    @state_column("state")
+    class Show:
+        state: Any = "draft"
+        is_live_at: datetime | None = None
+        two_at: datetime | None = None
+
+        @transition(frm="draft", to=Named.live, timestamp=True)
+        def publish(self) -> None:
+            pass
+
+        @transition(frm=Named.live, to=Named.two, timestamp=True)
+        def second(self) -> None:
+            pass
+
+    assert [t.timestamp for t in transitions(Show)] == ["is_live_at", "two_at"]
+
+
+def test_a_version_conflict_says_the_version_changed(tmp_path: Any) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'version.db'}")
+    MutantBase.metadata.create_all(engine)
+    with Session(engine, expire_on_commit=False) as mine, \
+            Session(engine, expire_on_commit=False) as theirs:
+        counted = Counted()
+        mine.add(counted)
+        mine.commit()
+        stale = theirs.get(Counted, counted.id)
+        assert stale is not None
+        counted.note = "bumped"
+        mine.commit()  # the ORM bumps the version
+        with pytest.raises(ConflictError, match="row's version changed before the write"):
+            stale.open()
+    engine.dispose()
+
+
+def test_several_state_columns_are_listed_in_declaration_order() -> None:
+    class Flags:
+        def __init__(self) -> None:
+            self.a, self.b = "off", "off"
+
+        @transition(frm="off", to="on", column="a")
+        def a_on(self) -> None:
+            pass
+
+        @transition(frm="off", to="on", column="b")
+        def b_on(self) -> None:
+            pass
+
+        @transition(frm="*", to="off", column="a")
+        def a_off(self) -> None:
+            pass
+
+    assert available_transitions(Flags()) == ["a_on", "b_on", "a_off"]
+
+
+def test_a_timestamp_on_another_table_is_a_declaration_error() -> None:
+    registry = sa.orm.registry()
+
+    @registry.mapped
+    class Base_:
+        __tablename__ = "mut_parent"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(sa.String(10))
+        stamped_at: Mapped[datetime | None]
+        __mapper_args__ = {"polymorphic_on": kind,  # noqa: RUF012
+                           "polymorphic_identity": "p"}
+
+    @registry.mapped
+    @state_column("status")
+    class Child(Base_):
+        __tablename__ = "mut_child"
+        id: Mapped[int] = mapped_column(sa.ForeignKey("mut_parent.id"), primary_key=True)
+        status: Mapped[str] = mapped_column(sa.String(10))
+        __mapper_args__ = {"polymorphic_identity": "c"}  # noqa: RUF012
+
+        @transition(frm="a", to="b", timestamp="stamped_at")
+        def go(self) -> None:
+            pass
+
+    try:
+        with pytest.raises(DeclarationError,
+                           match="timestamp column 'stamped_at' is not a column of mut_child"):
+            registry.configure()
+    finally:
+        registry.dispose()
+
+
+def test_no_state_is_no_state_even_for_a_transition_from_any() -> None:
+    @state_column("state")
+    class Blank:
+        state: str | None = None
+
+        @transition(frm="*", to="set")
+        def fill(self) -> None:
+            pass
+
+    with pytest.raises(litestate.InvalidStateError):
+        Blank().fill()
+    assert Blank().state is None
+
+
+def test_a_guard_without_keyword_room_on_a_method_taking_kw_gets_the_instance_alone() -> None:
+    @state_column("state")
+    class Form:
+        state = "draft"
+
+        @transition(frm="draft", to="sent", guard=lambda self, to=None: to is None)
+        def send(self, /, **fields: str) -> None:
+            pass
+
+    form = Form()
+    assert can_transition(form, "send", subject="hi")
+    form.send(subject="hi", to="x")
+    assert form.state == "sent"
+
+
+@state_column("status")
+class Unset(MutantBase):
+    __tablename__ = "mutant_unset"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str | None] = mapped_column(sa.String(20))
+
+    @transition(frm="*", to="set")
+    def fill(self) -> None:
+        pass
+
+
+def test_a_row_without_a_state_is_refused_even_by_a_transition_from_any(
+        tmp_path: Any) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'unset.db'}")
+    MutantBase.metadata.create_all(engine)
+    with Session(engine) as session:
+        unset = Unset()
+        session.add(unset)
+        session.commit()
+        assert unset.status is None
+        with pytest.raises(litestate.InvalidStateError):
+            unset.fill()
+        session.commit()
+        assert unset.status is None
+    engine.dispose()
