@@ -70,7 +70,7 @@ import sqlalchemy as sa
 from blinker import Namespace
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Mapper, Session, SessionTransaction
+from sqlalchemy.orm import Mapper, QueryableAttribute, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.exc import DetachedInstanceError, ObjectDeletedError, StaleDataError
 
@@ -274,8 +274,13 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     Reads attributes only: no write, no signal, no lock. Arguments that do not fit the
     method raise ``TypeError``, as the call would.
     """
-    machine = type(obj).__dict__.get(_KEY)
-    plan = machine.plans.get(event) if machine is not None and machine.declared else None
+    o: Any = obj
+    cls: Any = type(obj)
+    try:  # the class's own compiled machine (an inherited one is another class's)
+        machine = cls.__litestate_machine__
+        plan = machine.plans[event] if machine.owner is cls else None
+    except (AttributeError, KeyError):
+        plan = None
     if plan is None:
         plan = _plan_of(obj, event)
     if args or kwargs or not plan.only_self:
@@ -283,9 +288,10 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     # A loaded mapped attribute is in __dict__: skip the descriptor; else read as the call.
     current = None
     if plan.mapped:
-        if _deleted_in_session(obj):
+        state = o._sa_instance_state
+        if state.session_id is not None and _sqla.is_deleted(state):
             return False
-        current = obj.__dict__.get(plan.column)
+        current = o.__dict__.get(plan.column)
     if current is None:
         current = _read_for_probe(plan, obj)
         if current is None:
@@ -293,8 +299,15 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     frm = plan.frm
     if frm is not None and current not in frm and plan.normalize(current) not in frm:
         return False
-    return not plan.guards or _first_refusing_guard(plan, obj, args, kwargs,
-                                                    askable_only=False) is None
+    for label, guard, with_args, _ in plan.guards:  # _first_refusing_guard, inline
+        try:
+            ok = guard(obj, *args, **kwargs) if with_args else guard(obj)
+        except Exception as exc:
+            exc.add_note(f"raised by guard {label} of {plan.event}()")
+            raise
+        if ok is not True and (not ok or _awaited(plan, label, ok)):
+            return False
+    return True
 
 
 def available_transitions(obj: object) -> list[str]:
@@ -302,11 +315,12 @@ def available_transitions(obj: object) -> list[str]:
 
     Guards that need the call's arguments cannot be asked here and count as passing.
     """
-    machine = type(obj).__dict__.get(_KEY)
-    if machine is None or not machine.declared:
+    cls: Any = type(obj)
+    machine = getattr(cls, _KEY, None)
+    if machine is None or machine.owner is not cls or not machine.declared:
         machine = _machine_of_instance(obj)
     found: list[_Plan] = []
-    if machine.by_column and machine.by_column[0][0].mapped and _deleted_in_session(obj):
+    if machine.mapped and _deleted_in_session(obj):
         return []
     for reader, by_state, any_state in machine.by_column:
         current = obj.__dict__.get(reader.column) if reader.mapped else None
@@ -317,8 +331,10 @@ def available_transitions(obj: object) -> list[str]:
         candidates = by_state.get(current)
         if candidates is None:
             candidates = by_state.get(reader.normalize(current), any_state)
-        found.extend(plan for plan in candidates if not plan.guards or _first_refusing_guard(
-            plan, obj, (), {}, askable_only=True) is None)
+        for plan in candidates:
+            if not plan.guards or _first_refusing_guard(plan, obj, (), {},
+                                                        askable_only=True) is None:
+                found.append(plan)
     if len(machine.by_column) > 1:  # several state columns: back to declaration order
         found.sort(key=machine.order.__getitem__)
     return [plan.event for plan in found]
@@ -413,13 +429,14 @@ def _method(spec: _Spec) -> Callable[..., Any]:
 
     @functools.wraps(spec.fn)
     def method(self: object, *args: Any, **kwargs: Any) -> Any:
-        cls = type(self)
-        machine = cls.__dict__.get(_KEY)
-        if machine is None:
-            machine = _machine_of(cls)
-        plan = machine.plans.get(event)
-        if plan is None or plan.spec is not spec:  # overridden: super().event() got here
-            plan = machine.overridden_plan(spec)
+        cls: Any = type(self)
+        try:  # the class's own compiled machine (an inherited one is another class's)
+            machine = cls.__litestate_machine__
+            plan = machine.plans[event]
+            if machine.owner is not cls or plan.spec is not spec:
+                raise LookupError
+        except (AttributeError, LookupError):
+            plan = _plan_for(cls, spec)
         return _fire(plan, self, args, kwargs)
 
     method.__litestate__ = spec  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
@@ -427,6 +444,16 @@ def _method(spec: _Spec) -> Callable[..., Any]:
     prefix = method.__qualname__.rpartition(".")[0]
     method.__qualname__ = f"{prefix}.{event}" if prefix else event
     return method
+
+
+def _plan_for(cls: type, spec: _Spec) -> _Plan:
+    """The plan a method fires for ``cls``: its transition's, or (reached through
+    ``super()`` from an override) the plan of the declaration it was made from."""
+    machine = _machine_of(cls)
+    plan = machine.plans.get(spec.event)
+    if plan is None or plan.spec is not spec:
+        plan = machine.overridden_plan(spec)
+    return plan
 
 
 def _specs_of(cls: type) -> dict[str, _Spec]:
@@ -557,7 +584,7 @@ class _Plan:
         self.lock = self.mapped = self.naive = self.blind = self.only_self = False
         self.fn: Callable[..., Any] | None = None  # None: an empty body, never called
         self.check: Callable[..., None] = _no_arguments  # raises TypeError on a bad call
-        self.guards: tuple[_Guard, ...] = ()
+        self.guards: tuple[tuple[str, Callable[..., object], bool, bool], ...] = ()
         self.normalize: Callable[[Any], Any] = _same  # a value read -> the column's form
         self.default: Any = None  # the column's scalar default, for an unsaved object
         self.desc: Transition
@@ -594,11 +621,14 @@ def _same(value: Any) -> Any:
 class _Machine:
     """A class's compiled transitions, kept on the class: it dies with it."""
 
-    __slots__ = ("__weakref__", "adhoc", "by_column", "cls", "declared", "order", "overridden",
+    __slots__ = ("adhoc", "by_column", "declared", "mapped", "order", "overridden", "owner",
                  "plans")
 
     def __init__(self, cls: type, plans: dict[str, _Plan]) -> None:
-        self.cls, self.plans = weakref.ref(cls), plans
+        # The class holds the machine and the machine its class: a cycle the garbage
+        # collector frees with the class (no module-level registry keeps either alive).
+        self.owner, self.plans = cls, plans
+        self.mapped = any(plan.mapped for plan in plans.values())
         #: Whether the class declares anything: transitions, or a state column.
         self.declared = bool(plans) or _declares(cls)
         # Transitions a subclass overrode, compiled for it when super() calls them.
@@ -625,8 +655,7 @@ class _Machine:
         with _COMPILING:
             found = self.overridden.get(id(spec))
             if found is None or found[0] is not spec:
-                cls = self.cls()
-                assert cls is not None
+                cls = self.owner
                 found = self.overridden[id(spec)] = (spec, _compile_plan(cls, _mapper_of(cls),
                                                                          spec))
         return found[1]
@@ -637,14 +666,12 @@ class _Machine:
         try:
             hash(key)
         except TypeError:  # an unhashable guard: compile it for this call only
-            cls = self.cls()
-            assert cls is not None
+            cls = self.owner
             return _compile_plan(cls, _mapper_of(cls), spec)
         with _COMPILING:
             plan = self.adhoc.get(key)
             if plan is None:
-                cls = self.cls()
-                assert cls is not None
+                cls = self.owner
                 plan = self.adhoc[key] = _compile_plan(cls, _mapper_of(cls), spec)
                 if len(self.adhoc) > 128:
                     self.adhoc.popitem(last=False)
@@ -734,11 +761,13 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
     plan.to = convert(spec.to)
     plan.fn = None if _is_empty(spec.fn) else spec.fn
     plan.check, plan.only_self = _argument_check(who, spec.fn)
-    plan.guards = tuple(_compile_guard(cls, who, g, spec.fn) for g in spec.guards)
+    # Plain tuples: the hot loops unpack them, which a NamedTuple would slow down.
+    guards = [_compile_guard(cls, who, g, spec.fn) for g in spec.guards]
+    plan.guards = tuple((g.label, g.fn, g.with_args, g.askable) for g in guards)
     if mapper is not None:
         _compile_write(plan, who, mapper, convert)
     plan.desc = Transition(plan.event, plan.frm, plan.to, column, ts,
-                           tuple(g.label for g in plan.guards), plan.lock,
+                           tuple(label for label, *_ in plan.guards), plan.lock,
                            _signature_without_self(spec.fn))
     for extend in plan_extensions:
         extend(cls, plan)
@@ -969,8 +998,11 @@ def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Gu
         raw: Any = inspect.getattr_static(cls, g, _MISSING)
         if raw is _MISSING:
             raise DeclarationError(f"{who}: guard {g!r} is not an attribute of {cls.__name__}")
+        if isinstance(raw, property | QueryableAttribute) or not (
+                inspect.isfunction(raw) or callable(raw) or hasattr(raw, "__get__")):
+            return _Guard(g, operator.attrgetter(g), False, True)  # a property, a column
         if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
-            return _Guard(g, _read_guard(g), False, True)  # a property, a column, a wrapper
+            return _Guard(g, _read_guard(g), False, True)  # a method a decorator made
         target, bound, label = getattr(cls, g), not inspect.isfunction(cast(Any, raw)), g
         if _is_async(target) or inspect.isgeneratorfunction(target):
             raise DeclarationError(f"{who}: guard {g!r} is an async or generator method; a "
@@ -1110,19 +1142,16 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         current = getattr(obj, plan.column, None)
     if current is None or (plan.frm is not None and current not in plan.frm):
         current = _check_state(plan, obj, current, args, kwargs)
-    if plan.guards:  # _check_guards, inline: this is the hot path
-        label = ""
-        try:
-            for label, guard, with_args, _ in plan.guards:
+    if plan.guards:  # _first_refusing_guard, inline: this is the hot path
+        for label, guard, with_args, _ in plan.guards:
+            try:
                 ok = guard(obj, *args, **kwargs) if with_args else guard(obj)
-                if ok is not True and (not ok or _awaited(plan, label, ok)):
-                    _refuse(plan, obj, current, "guard", f"guard {label} returned false",
-                            args, kwargs)
-        except TransitionError:
-            raise
-        except Exception as exc:
-            exc.add_note(f"raised by guard {label} of {plan.event}(); nothing was written")
-            raise
+            except Exception as exc:
+                exc.add_note(f"raised by guard {label} of {plan.event}(); nothing was written")
+                raise
+            if ok is not True and (not ok or _awaited(plan, label, ok)):
+                _refuse(plan, obj, current, "guard", f"guard {label} returned false", args,
+                        kwargs)
     column, ts = plan.column, plan.timestamp
     old_ts = getattr(obj, ts, _MISSING) if ts is not None else None
     wrote = stamped = False
@@ -1192,19 +1221,18 @@ def _check_state(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
 
 
 def _first_refusing_guard(plan: _Plan, obj: Any, args: tuple[Any, ...],
-                          kwargs: dict[str, Any], *, askable_only: bool) -> _Guard | None:
-    guard: _Guard | None = None
-    try:
-        for guard in plan.guards:
-            if askable_only and not guard.askable:
-                continue
-            ok = guard.fn(obj, *args, **kwargs) if guard.with_args else guard.fn(obj)
-            if ok is not True and (not ok or _awaited(plan, guard.label, ok)):
-                return guard
-    except Exception as exc:
-        if guard is not None and not isinstance(exc, TransitionError):
-            exc.add_note(f"raised by guard {guard.label} of {plan.event}()")
-        raise
+                          kwargs: dict[str, Any], *, askable_only: bool) -> str | None:
+    """The label of the first guard that refuses, or None."""
+    for label, guard, with_args, askable in plan.guards:
+        if askable_only and not askable:
+            continue
+        try:
+            ok = guard(obj, *args, **kwargs) if with_args else guard(obj)
+        except Exception as exc:
+            exc.add_note(f"raised by guard {label} of {plan.event}()")
+            raise
+        if ok is not True and (not ok or _awaited(plan, label, ok)):
+            return label
     return None
 
 
@@ -1264,9 +1292,9 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
         current = _load_state(plan, obj, session, args, kwargs)
     if current is None or (plan.frm is not None and current not in plan.frm):
         current = _check_state(plan, obj, current, args, kwargs)
-    if plan.guards and (guard := _first_refusing_guard(plan, obj, args, kwargs,
+    if plan.guards and (label := _first_refusing_guard(plan, obj, args, kwargs,
                                                        askable_only=False)):
-        _refuse(plan, obj, current, "guard", f"guard {guard.label} returned false", args,
+        _refuse(plan, obj, current, "guard", f"guard {label} returned false", args,
                 kwargs)
     return _atomic_section(_Firing(plan, obj, state, session, current, args, kwargs))
 
