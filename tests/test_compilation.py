@@ -7,6 +7,7 @@ import contextlib
 import gc
 import operator
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -171,11 +172,15 @@ def test_plain_classes_with_transitions_are_not_kept_alive() -> None:
 def _threaded_class(registry: sa.orm.registry | None, n: int) -> type[Any]:
     """A class never used before: mapped in ``registry``, or plain without one."""
     class Machine:
-        def __init__(self, status: str, flag: bool) -> None:
-            self.status, self.flag = status, flag
+        def __init__(self, status: str, flag: bool, mode: str = "x") -> None:
+            self.status, self.flag, self.mode = status, flag, mode
 
         @transition(frm="a", to="b", column="status")
         def go(self) -> None:
+            pass
+
+        @transition(frm="x", to="y", column="mode")  # a second state column
+        def shift(self) -> None:
             pass
 
         @transition(frm="*", to="a", column="status")
@@ -190,8 +195,8 @@ def _threaded_class(registry: sa.orm.registry | None, n: int) -> type[Any]:
         def blocked(self) -> None:
             pass
 
-    if registry is None:
-        return Machine
+    if registry is None:  # a subclass: compiled at its first use, whatever the version
+        return type(f"Child{n}", (Machine,), {})
 
     @registry.mapped
     class MappedMachine(Machine):
@@ -199,6 +204,7 @@ def _threaded_class(registry: sa.orm.registry | None, n: int) -> type[Any]:
         id: Mapped[int] = mapped_column(primary_key=True)
         status: Mapped[str] = mapped_column(sa.String(10))
         flag: Mapped[bool]
+        mode: Mapped[str] = mapped_column(sa.String(10))
 
     return MappedMachine
 
@@ -207,9 +213,9 @@ def _probe(cls: type[Any], barrier: threading.Barrier, flag: bool,
            problems: list[object]) -> None:
     try:
         barrier.wait()
-        obj = cls(status="a", flag=flag)
-        expected = ["go", "stay", "guarded"] if flag else ["go", "stay"]
-        can = {"go": True, "stay": True, "guarded": flag, "blocked": False}
+        obj = cls(status="a", flag=flag, mode="x")
+        expected = ["go", "shift", "stay", "guarded"] if flag else ["go", "shift", "stay"]
+        can = {"go": True, "shift": True, "stay": True, "guarded": flag, "blocked": False}
         events = list(can)
         for i in range(2000):
             found = available_transitions(obj)
@@ -223,9 +229,20 @@ def _probe(cls: type[Any], barrier: threading.Barrier, flag: bool,
 
 
 def test_first_use_from_eight_threads_at_once_answers_right_every_time() -> None:
-    """20 fresh classes (mapped ones in a fresh registry, and plain ones), each first
-    probed by 8 threads released together."""
-    for n in range(20):
+    """40 fresh classes (mapped ones in a fresh registry, and plain ones), each first
+    probed by 8 threads released together; two state columns, so that the answer is
+    merged back into declaration order. The interpreter switches threads as often as it
+    can, so that a first use is interrupted anywhere."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        _race_first_uses()
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _race_first_uses() -> None:
+    for n in range(40):
         registry = sa.orm.registry() if n % 2 == 0 else None
         cls = _threaded_class(registry, n)
         barrier = threading.Barrier(8)
