@@ -299,15 +299,8 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     frm = plan.frm
     if frm is not None and current not in frm and plan.normalize(current) not in frm:
         return False
-    for label, guard, with_args, _ in plan.guards:  # _first_refusing_guard, inline
-        try:
-            ok = guard(obj, *args, **kwargs) if with_args else guard(obj)
-        except Exception as exc:
-            exc.add_note(f"raised by guard {label} of {plan.event}()")
-            raise
-        if ok is not True and (not ok or _awaited(plan, label, ok)):
-            return False
-    return True
+    return not plan.guards or _first_refusing_guard(plan, obj, args, kwargs,
+                                                    askable_only=False) is None
 
 
 def available_transitions(obj: object) -> list[str]:
