@@ -1600,7 +1600,8 @@ _PENDING, _READY = "litestate.pending", "litestate.ready"
 # of the caller's): queued on the connection, with the number of the SAVEPOINT it is in.
 _DEFERRED: weakref.WeakKeyDictionary[sa.Connection, list[tuple[int, type, dict[str, Any]]]] \
     = weakref.WeakKeyDictionary()
-_Entry = tuple[type, dict[str, Any], sa.Connection]
+# (sender, payload, the connection written on, its innermost SAVEPOINT at the write)
+_Entry = tuple[type, dict[str, Any], sa.Connection, int]
 _Pending = dict[SessionTransaction, list[_Entry]]  # session.info[_PENDING]
 
 
@@ -1610,7 +1611,8 @@ def _queue_committed(f: _Firing) -> None:
     assert trans is not None
     assert f.conn is not None
     pending: _Pending = session.info.setdefault(_PENDING, {})
-    pending.setdefault(trans, []).append((f.obj.__class__, f.payload(), f.conn))
+    pending.setdefault(trans, []).append(
+        (f.obj.__class__, f.payload(), f.conn, _sqla.savepoint_number(f.conn)))
 
 
 @sa_event.listens_for(Session, "after_commit")
@@ -1646,23 +1648,27 @@ def _deliver(ready: list[_Entry]) -> None:
     """Send now what the database committed; a connection still in a transaction after
     the session's commit belongs to the caller, whose own commit will decide."""
     now: list[tuple[type, dict[str, Any]]] = []
-    for sender, payload, conn in ready:
+    for sender, payload, conn, savepoint in ready:
         if conn.in_transaction():
-            _defer(conn, sender, payload)
+            _defer(conn, sender, payload, savepoint)
         else:
             now.append((sender, payload))
     if now:
         _send_committed(now)
 
 
-def _defer(conn: sa.Connection, sender: type, payload: dict[str, Any]) -> None:
+def _defer(conn: sa.Connection, sender: type, payload: dict[str, Any], savepoint: int) -> None:
+    """Queue on the connection; ``savepoint`` is the innermost SAVEPOINT open when the
+    write was made (0: none), whose rollback, or an enclosing one's, undoes it."""
     queue = _DEFERRED.get(conn)
     if queue is None:
         queue = _DEFERRED[conn] = []
         sa_event.listen(conn, "commit", _connection_commit)
+        sa_event.listen(conn, "commit_twophase", _connection_commit_twophase)
         sa_event.listen(conn, "rollback", _connection_rollback)
+        sa_event.listen(conn, "rollback_twophase", _connection_rollback_twophase)
         sa_event.listen(conn, "rollback_savepoint", _connection_rollback_savepoint)
-    queue.append((_sqla.savepoint_number(conn), sender, payload))
+    queue.append((savepoint, sender, payload))
 
 
 def _connection_commit(conn: sa.Connection) -> None:
@@ -1672,6 +1678,19 @@ def _connection_commit(conn: sa.Connection) -> None:
         queue.clear()
         _sqla.commit_now(conn)
         _send_committed(entries)
+
+
+def _connection_commit_twophase(conn: sa.Connection, xid: Any, is_prepared: bool) -> None:
+    # A prepared transaction cannot be committed twice: sent as its COMMIT is issued.
+    queue = _DEFERRED.get(conn)
+    if queue:
+        entries = [(sender, payload) for _, sender, payload in queue]
+        queue.clear()
+        _send_committed(entries)
+
+
+def _connection_rollback_twophase(conn: sa.Connection, xid: Any, is_prepared: bool) -> None:
+    _connection_rollback(conn)
 
 
 def _connection_rollback(conn: sa.Connection) -> None:

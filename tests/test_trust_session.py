@@ -667,3 +667,37 @@ def test_an_unhashable_guard_works_in_transition_state() -> None:
     hatch = Hatch()
     litestate.transition_state(hatch, event="open", frm="closed", to="open", guard=AtLeast(1))
     assert hatch.state == "open"
+
+
+@pytest.mark.parametrize("mode", ["rollback_only", "conditional_savepoint"])
+def test_a_savepoint_opened_after_the_write_does_not_own_it(
+        orders: sa.Engine, signals: SignalLog, mode: Any) -> None:
+    with orders.connect() as conn:
+        transaction = conn.begin()
+        with Session(bind=conn, join_transaction_mode=mode) as session:
+            order = _new_order(session)
+            order_id = order.id
+            order.pay()
+            later = conn.begin_nested()  # opened after the write: its rollback undoes nothing
+            session.commit()
+            later.rollback()
+        transaction.commit()
+    assert _status(orders, order_id) == "paid"
+    assert [h.payload["record_id"] for h in signals.of("transition-committed")] == [order_id]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_a_two_phase_transaction_sends_committed_once_or_never(
+        pg_engine: sa.Engine, signals: SignalLog, outcome: str) -> None:
+    TrustBase.metadata.drop_all(pg_engine)
+    TrustBase.metadata.create_all(pg_engine)
+    with pg_engine.connect() as conn:
+        transaction = conn.begin_twophase()
+        with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+            order = _new_order(session)
+            order.pay()
+            session.commit()
+        getattr(transaction, outcome)()
+        conn.begin().commit()  # an unrelated transaction on the same connection
+    assert len(signals.of("transition-committed")) == (1 if outcome == "commit" else 0)
