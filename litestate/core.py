@@ -255,12 +255,11 @@ def state_column(column: str) -> Callable[[_C], _C]:
     """
     if not isinstance(column, str) or not column:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise DeclarationError(f"@state_column({column!r}): a column is a non-empty str")
-    name = column
 
     def decorate(cls: _C) -> _C:
         if not isinstance(cls, type):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise DeclarationError(f"@state_column({name!r}) decorates a class, not {cls!r}")
-        type.__setattr__(cls, "__litestate_column__", name)
+            raise DeclarationError(f"@state_column({column!r}) decorates a class, not {cls!r}")
+        type.__setattr__(cls, "__litestate_column__", column)
         if _KEY in cls.__dict__:  # compiled too early (a call before the decorator ran)
             type.__delattr__(cls, _KEY)
         return cls
@@ -519,7 +518,7 @@ def _guard_list(guard: object) -> tuple[Guard, ...]:
             continue
         if not callable(g):
             raise DeclarationError(f"@transition(guard={g!r}): a guard is a callable or a name")
-        if _is_async(g) or inspect.isgeneratorfunction(g):
+        if _runs_elsewhere(g):
             raise DeclarationError(
                 f"@transition(guard={g!r}): an async or generator guard cannot be checked by "
                 "a sync transition; it must return a bool")
@@ -529,14 +528,16 @@ def _guard_list(guard: object) -> tuple[Guard, ...]:
 def _check_body(fn: object, what: str) -> None:
     if not callable(fn):
         raise DeclarationError(f"{what}, not {fn!r}")
-    if _is_async(fn) or inspect.isgeneratorfunction(fn):
+    if _runs_elsewhere(fn):
         raise DeclarationError(
             f"{what}: {getattr(fn, '__qualname__', fn)!r} is an async or generator function, "
             "whose body would never run inside the transition; use a plain def")
 
 
-def _is_async(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+def _runs_elsewhere(fn: object) -> bool:
+    """An async or generator function: calling it runs none of its body."""
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or \
+        inspect.isgeneratorfunction(fn)
 
 
 def _no_arguments(self: Any) -> None:
@@ -564,9 +565,9 @@ class _Plan:
     """What the runtime reads to fire one transition of one class."""
 
     __slots__ = ("after_write", "bind", "blind", "check", "column", "default", "desc",
-                 "event", "fn", "frm", "guards", "key", "lock", "mapped", "naive", "normalize",
-                 "on_failure", "only_self", "refresh", "spec", "stmt", "timestamp", "to",
-                 "version")
+                 "event", "fn", "frm", "guards", "key", "lock", "mapped", "naive", "nested",
+                 "normalize", "on_failure", "only_self", "refresh", "spec", "stmt",
+                 "timestamp", "to", "version")
 
     def __init__(self) -> None:
         self.event = self.column = ""
@@ -575,6 +576,7 @@ class _Plan:
         self.to: Any = None
         self.timestamp: str | None = None
         self.lock = self.mapped = self.naive = self.blind = self.only_self = False
+        self.nested = False  # a body or an extension's step runs: always a SAVEPOINT
         self.fn: Callable[..., Any] | None = None  # None: an empty body, never called
         self.check: Callable[..., None] = _no_arguments  # raises TypeError on a bad call
         self.guards: tuple[tuple[str, Callable[..., object], bool, bool], ...] = ()
@@ -596,7 +598,7 @@ class _Plan:
         copy = _Plan.__new__(_Plan)
         for slot in _Plan.__slots__:
             setattr(copy, slot, getattr(self, slot))
-        copy.fn, copy.blind = fn, False
+        copy.fn, copy.blind, copy.nested = fn, False, True
         return copy
 
 
@@ -764,9 +766,10 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
                            _signature_without_self(spec.fn))
     for extend in plan_extensions:
         extend(cls, plan)
+    plan.nested = plan.fn is not None or bool(plan.after_write)
     plan.blind = (plan.mapped and plan.frm is not None and len(plan.frm) == 1 and
-                  not plan.guards and not plan.lock and plan.fn is None and
-                  plan.version is None and not plan.after_write)
+                  not plan.guards and not plan.lock and not plan.nested and
+                  plan.version is None)
     return plan
 
 
@@ -979,7 +982,6 @@ def _argument_check(who: str, fn: Callable[..., Any]) -> tuple[Callable[..., Non
     exec(f"def check({', '.join(words)}): pass", namespace)  # names are identifiers
     check = namespace["check"]
     qualname = getattr(fn, "__qualname__", fn.__name__)
-    check.__code__ = check.__code__.replace(co_name=fn.__name__, co_qualname=qualname)
     check.__name__, check.__qualname__ = fn.__name__, qualname  # what TypeError names
     return check, len(parameters) == 1
 
@@ -992,12 +994,12 @@ def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Gu
         if raw is _MISSING:
             raise DeclarationError(f"{who}: guard {g!r} is not an attribute of {cls.__name__}")
         if isinstance(raw, property | QueryableAttribute) or not (
-                inspect.isfunction(raw) or callable(raw) or hasattr(raw, "__get__")):
+                callable(raw) or hasattr(raw, "__get__")):
             return _Guard(g, operator.attrgetter(g), False, True)  # a property, a column
         if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
             return _Guard(g, _read_guard(g), False, True)  # a method a decorator made
         target, bound, label = getattr(cls, g), not inspect.isfunction(cast(Any, raw)), g
-        if _is_async(target) or inspect.isgeneratorfunction(target):
+        if _runs_elsewhere(target):
             raise DeclarationError(f"{who}: guard {g!r} is an async or generator method; a "
                                    "sync transition needs a bool")
     else:
@@ -1282,7 +1284,7 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
         firing.blind = True
         return _atomic_section(firing)
     if current is _MISSING or current is None:
-        current = _load_state(plan, obj, session, args, kwargs)
+        current = _load_state(plan, obj, args, kwargs)
     if current is None or (plan.frm is not None and current not in plan.frm):
         current = _check_state(plan, obj, current, args, kwargs)
     if plan.guards and (label := _first_refusing_guard(plan, obj, args, kwargs,
@@ -1318,8 +1320,7 @@ def _lock(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, 
         _refuse(plan, obj, current, "conflict", "the row no longer exists", args, kwargs)
 
 
-def _load_state(plan: _Plan, obj: Any, session: Session, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
+def _load_state(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         return getattr(obj, plan.column)
     except ObjectDeletedError:
@@ -1328,7 +1329,7 @@ def _load_state(plan: _Plan, obj: Any, session: Session, args: tuple[Any, ...],
 
 def _needs_savepoint(plan: _Plan, sender: type) -> bool:
     """Whether code other than litestate's UPDATE runs in the atomic section."""
-    return plan.fn is not None or bool(plan.after_write) or (
+    return plan.nested or (
         bool(transition_succeeded.receivers) and transition_succeeded.has_receivers_for(sender))
 
 
@@ -1509,7 +1510,7 @@ def _lost(f: _Firing) -> NoReturn:
                 f.args, f.kwargs)
     # The next read shows the row; the caller's unsaved edits stay.
     session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
-    actual = _load_state(plan, obj, session, f.args, f.kwargs)
+    actual = _load_state(plan, obj, f.args, f.kwargs)
     if f.blind:  # the state was never read: this is the first look at it
         _check_state(plan, obj, actual, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"
