@@ -1274,7 +1274,7 @@ class _Firing:
 
 def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    _settle(plan, state, session)
+    _settle(plan, obj, state, session, args, kwargs)
     if plan.lock:
         _lock(plan, obj, state, session, args, kwargs)
     current = state.dict.get(plan.column, _MISSING)
@@ -1294,14 +1294,15 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
     return _atomic_section(_Firing(plan, obj, state, session, current, args, kwargs))
 
 
-def _settle(plan: _Plan, state: Any, session: Session) -> None:
+def _settle(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> None:
     """A pending row, or an unsaved edit of the state: the UPDATE must see it. An object
     deleted in this session has no row to write."""
     if state.key is None or plan.column in state.committed_state:
         session.flush()
     if _sqla.is_deleted(state):
-        _refuse(plan, state.obj(), state.dict.get(plan.column), "conflict",
-                "the object was deleted in this session", (), {})
+        _refuse(plan, obj, state.dict.get(plan.column), "conflict",
+                "the object was deleted in this session", args, kwargs)
 
 
 def _lock(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, ...],

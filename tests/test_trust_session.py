@@ -529,7 +529,8 @@ def test_a_body_that_rolls_back_the_session_is_a_clear_error(
         assert ticket.status == "new"
 
 
-def test_an_object_deleted_in_this_session_is_a_conflict(orders: sa.Engine) -> None:
+def test_an_object_deleted_in_this_session_is_a_conflict(
+        orders: sa.Engine, signals: SignalLog) -> None:
     with Session(orders, expire_on_commit=False) as session:
         ticket = Ticket()
         session.add(ticket)
@@ -537,6 +538,11 @@ def test_an_object_deleted_in_this_session_is_a_conflict(orders: sa.Engine) -> N
         session.delete(ticket)
         with pytest.raises(ConflictError, match="deleted in this session"):
             ticket.open_plain()
+        with pytest.raises(ConflictError, match="deleted in this session"):
+            ticket.open("new title")
+    refusals = signals.of("transition-invalid")
+    assert [(h.payload["record"], h.payload["args"]) for h in refusals] == [
+        (ticket, ()), (ticket, ("new title",))]
 
 
 def test_an_update_that_matches_several_rows_is_undone_and_refused(tmp_path: Path) -> None:
