@@ -3,14 +3,18 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from litestate.core import (
+    HTTP_STATUS,
+    Action,
     ConflictError,
     DeclarationError,
     GuardError,
     InvalidStateError,
     Transition,
     TransitionError,
+    actions,
     available_transitions,
     can_transition,
+    fire,
     set_clock,
     state_column,
     transition,
@@ -28,6 +32,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "HTTP_STATUS",
+    "Action",
     "ConflictError",
     "DeclarationError",
     "GuardError",
@@ -35,8 +41,10 @@ __all__ = [
     "Transition",
     "TransitionError",
     "__version__",
+    "actions",
     "available_transitions",
     "can_transition",
+    "fire",
     "set_clock",
     "state_column",
     "transition",

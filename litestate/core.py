@@ -62,8 +62,11 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from time import perf_counter
+from types import MappingProxyType
 from typing import Any, Concatenate, NamedTuple, NoReturn, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
@@ -77,14 +80,18 @@ from sqlalchemy.orm.exc import DetachedInstanceError, ObjectDeletedError, StaleD
 from litestate import _sqla
 
 __all__ = [
+    "HTTP_STATUS",
+    "Action",
     "ConflictError",
     "DeclarationError",
     "GuardError",
     "InvalidStateError",
     "Transition",
     "TransitionError",
+    "actions",
     "available_transitions",
     "can_transition",
+    "fire",
     "set_clock",
     "state_column",
     "transition",
@@ -160,6 +167,18 @@ class TransitionError(Exception):
             f"{self.from_state!r}, target {self.to_state!r} ({self.reason}: {self.detail})"
         )
 
+    @property
+    def http_status(self) -> int:
+        """The HTTP status a web view answers this refusal with (see :data:`HTTP_STATUS`)."""
+        return HTTP_STATUS[self.reason]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The refusal as JSON-ready data for an error response: the states as the column
+        stores them (an Enum member as its value or name)."""
+        return {"error": str(self), "event": self.event, "reason": self.reason,
+                "detail": self.detail, "column": self.column,
+                "from_state": _plain(self.from_state), "to_state": _plain(self.to_state)}
+
 
 class InvalidStateError(TransitionError):
     """The current state is not one the transition may start from."""
@@ -174,6 +193,12 @@ class ConflictError(TransitionError):
 
 
 _ERRORS = {"invalid": InvalidStateError, "guard": GuardError, "conflict": ConflictError}
+#: The HTTP status for each refusal reason. ``invalid`` and ``conflict``: 409 Conflict,
+#: the record's state does not allow the request (now, or any longer). ``guard``: 422
+#: Unprocessable Content, the request is understood but a rule about the record refuses
+#: it; who may ask is the view's to check (403) before it calls.
+HTTP_STATUS: Mapping[str, int] = MappingProxyType({"invalid": 409, "conflict": 409,
+                                                   "guard": 422})
 
 
 class DeclarationError(ValueError):
@@ -214,26 +239,54 @@ class Transition:
     lock: bool
     #: The method's signature, without ``self``.
     signature: inspect.Signature
+    #: The declaration's ``meta=``: free-form data for views (a label, an icon), read-only.
+    meta: Mapping[str, Any] = field(compare=False)
 
     def __repr__(self) -> str:
         frm = "*" if self.frm is None else " | ".join(sorted(map(repr, self.frm)))
         return f"<Transition {self.event}: {frm} -> {self.to!r} on {self.column}>"
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One transition of one object, as a view shows it: a button, enabled or not, and
+    the form fields it needs (see :func:`actions`)."""
+
+    #: The event name, for :func:`fire`.
+    event: str
+    #: The state it would write.
+    to_state: Any
+    #: Whether it can fire now, as :func:`available_transitions` answers.
+    allowed: bool
+    #: ``None`` when allowed, else ``"invalid"`` (the state) or ``"guard"``.
+    reason: str | None
+    #: What refuses, in words ("" when allowed): the allowed states, or the guard.
+    detail: str
+    #: The method's parameters beyond ``self``: names, annotations, defaults.
+    parameters: tuple[inspect.Parameter, ...]
+    #: The declaration's ``meta=``.
+    meta: Mapping[str, Any]
+    #: The compiled transition.
+    transition: Transition
+
+
 def transition(
     frm: State | Iterable[State], to: State, *, column: str | None = None,
     timestamp: bool | str | None = None, guard: Guard | Sequence[Guard] | None = None,
-    lock: bool = False,
+    lock: bool = False, meta: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[Concatenate[_M, _P], _R]], Callable[Concatenate[_M, _P], _R]]:
     """Turn a method into a checked transition from ``frm`` (``"*"``: any) to ``to``.
 
     ``column`` overrides the class's :func:`state_column`; ``timestamp=True`` stamps
     ``f"{to}_at"``, a string names the column; ``guard`` is a callable, a method name or
     a list of them, all of which must hold; ``lock=True`` reads the state under
-    ``SELECT ... FOR UPDATE``. The method keeps its parameters and return value.
+    ``SELECT ... FOR UPDATE``; ``meta`` is free-form data for views, kept on
+    :class:`Transition` and :class:`Action`. The method keeps its parameters and return
+    value.
     """
     options = _Spec(None, "", _states(frm), _state(to, "to"), _column_option(column),
-                    _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock))
+                    _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock),
+                    _meta_option(meta))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
         _check_body(fn, "@transition decorates a method")
@@ -332,6 +385,58 @@ def available_transitions(obj: object) -> list[str]:
     return [plan.event for plan in found]
 
 
+def actions(obj: object) -> list[Action]:
+    """Every transition of ``obj``, in declaration order, allowed now or not and why.
+
+    It asks what :func:`available_transitions` asks (guards that need the call's
+    arguments count as passing), so the events of the allowed actions are exactly
+    ``available_transitions(obj)``.
+    """
+    machine = _machine_of_instance(obj)
+    gone = machine.mapped and _deleted_in_session(obj)
+    states: dict[str, Any] = {}
+    found: list[Action] = []
+    for plan in machine.plans.values():
+        if plan.column not in states:
+            states[plan.column] = None if gone else _read_for_probe(plan, obj)
+        reason, detail = _why_not(plan, obj, states[plan.column], gone)
+        found.append(Action(plan.event, plan.to, reason is None, reason, detail,
+                            tuple(plan.desc.signature.parameters.values()), plan.desc.meta,
+                            plan.desc))
+    return found
+
+
+def _why_not(plan: _Plan, obj: object, current: Any, gone: bool) -> tuple[str | None, str]:
+    """``(reason, detail)`` of a probe's refusal, ``(None, "")`` if it would pass."""
+    if current is None:
+        return "invalid", ("the object was deleted in this session" if gone else
+                           f"{plan.column} is not set" if _is_unsaved(obj) else
+                           "the row no longer exists")
+    frm = plan.frm
+    if frm is not None and current not in frm and plan.normalize(current) not in frm:
+        allowed = ", ".join(sorted(map(repr, frm)))
+        return "invalid", f"{plan.event} starts from {allowed}"
+    label = _first_refusing_guard(plan, obj, (), {}, askable_only=True) if plan.guards \
+        else None
+    return (None, "") if label is None else ("guard", f"guard {label} returned false")
+
+
+def _is_unsaved(obj: object) -> bool:
+    state = getattr(obj, "_sa_instance_state", None)
+    return state is None or state.key is None
+
+
+def fire(obj: object, event: str, /, *args: Any, **kwargs: Any) -> Any:
+    """Call the transition named ``event`` of ``obj``: ``POST /orders/1/{event}`` in one
+    line. Any name that is not a declared transition (another method, a dunder) is a
+    ``ValueError`` naming the declared ones, before anything runs."""
+    machine = _machine_of_instance(obj)
+    if not isinstance(event, str) or event not in machine.plans:  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"{type(obj).__name__} has no transition {event!r}; it has "
+                         f"{list(machine.plans)}")
+    return getattr(type(obj), event)(obj, *args, **kwargs)
+
+
 def transitions(cls: type) -> tuple[Transition, ...]:
     """Every transition of ``cls`` (inherited ones included), in declaration order."""
     if not isinstance(cls, type):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -359,7 +464,7 @@ def transition_state(
     if body is not None:
         _check_body(body, f"transition_state(body={body!r}): a body is a function")
     spec = _Spec(_no_arguments, event, _states(frm), _state(to, "to"), _column_option(column),
-                 _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock))
+                 _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock), _NO_META)
     machine = _machine_of(type(obj), adhoc=True)
     plan = machine.adhoc_plan(spec)
     if body is not None:
@@ -367,7 +472,8 @@ def transition_state(
             return body()
 
         plan = plan.with_body(call_body)
-    return cast("_R | None", _fire(plan, obj, (), {}))
+    fire_ = _fire_timed if _timing else _fire
+    return cast("_R | None", fire_(plan, obj, (), {}))
 
 
 # -- declaration: what the decorator records -------------------------------------------
@@ -387,6 +493,7 @@ class _Spec(NamedTuple):
     timestamp: bool | str | None
     guards: tuple[Guard, ...]
     lock: bool
+    meta: Mapping[str, Any]
 
     def with_fn(self, fn: Callable[..., Any]) -> _Spec:
         return self._replace(fn=fn, event=getattr(fn, "__name__", ""))
@@ -429,6 +536,8 @@ def _method(spec: _Spec) -> Callable[..., Any]:
                 raise LookupError
         except (AttributeError, LookupError):
             plan = _plan_for(cls, spec)
+        if _timing:
+            return _fire_timed(plan, self, args, kwargs)
         return _fire(plan, self, args, kwargs)
 
     method.__litestate__ = spec  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
@@ -475,6 +584,18 @@ def _timestamp_option(timestamp: object) -> bool | str | None:
     if not (timestamp is None or isinstance(timestamp, bool | str)) or timestamp == "":
         raise DeclarationError(f"@transition(timestamp={timestamp!r}): use True or a column")
     return timestamp
+
+
+_NO_META: Mapping[str, Any] = MappingProxyType({})
+
+
+def _meta_option(meta: object) -> Mapping[str, Any]:
+    if meta is None:
+        return _NO_META
+    entries: dict[Any, Any] | None = dict(cast(Any, meta)) if isinstance(meta, Mapping) else None
+    if entries is None or not all(isinstance(key, str) for key in entries):
+        raise DeclarationError(f"@transition(meta={meta!r}): meta is a mapping with str keys")
+    return MappingProxyType(entries)
 
 
 def _lock_option(lock: object) -> bool:
@@ -763,7 +884,7 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
         _compile_write(plan, who, mapper, convert)
     plan.desc = Transition(plan.event, plan.frm, plan.to, column, ts,
                            tuple(label for label, *_ in plan.guards), plan.lock,
-                           _signature_without_self(spec.fn))
+                           _signature_without_self(spec.fn), spec.meta)
     for extend in plan_extensions:
         extend(cls, plan)
     plan.nested = plan.fn is not None or bool(plan.after_write)
@@ -1158,7 +1279,8 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             stamped = True
         result = None if plan.fn is None else plan.fn(obj, *args, **kwargs)
         if transition_succeeded.receivers:
-            transition_succeeded.send(obj.__class__, **_payload(plan, obj, current, args, kwargs))
+            transition_succeeded.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
+                                      duration=_elapsed())
     except BaseException as exc:
         if wrote:
             setattr(obj, column, current)
@@ -1434,7 +1556,7 @@ def _run_body(f: _Firing) -> None:
         _check_still_open(f)
         f.session.flush()
     if transition_succeeded.receivers:
-        transition_succeeded.send(f.obj.__class__, **f.payload())
+        transition_succeeded.send(f.obj.__class__, **f.payload(), duration=_elapsed())
 
 
 def _close_savepoint(f: _Firing) -> None:
@@ -1529,7 +1651,7 @@ def _refuse(plan: _Plan, obj: Any, current: Any, reason: str, detail: str,
     if transition_invalid.receivers:
         try:
             transition_invalid.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                    reason=reason, error=error)
+                                    reason=reason, error=error, duration=_elapsed())
         except Exception as exc:
             exc.add_note(f"raised by a transition_invalid receiver while refusing: {error}")
             raise
@@ -1541,7 +1663,7 @@ def _failed(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
     if transition_failed.receivers:
         try:
             transition_failed.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                   error=exc)
+                                   error=exc, duration=_elapsed())
         except Exception as receiver_exc:
             receiver_exc.add_note(
                 f"raised by a transition_failed receiver while reporting: {exc!r}")
@@ -1553,6 +1675,45 @@ def _payload(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
     return {"record": obj, "record_id": _record_id(obj), "event": plan.event,
             "from_state": current, "to_state": plan.to, "column": plan.column, "args": args,
             "kwargs": kwargs}
+
+
+# -- durations: measured only while a succeeded, failed or invalid receiver listens ------
+
+_STARTED: ContextVar[float | None] = ContextVar("litestate.started", default=None)
+_timing = False  # whether one of those three signals may have a receiver
+
+
+def _listened() -> bool:
+    return bool(transition_succeeded.receivers or transition_failed.receivers or
+                transition_invalid.receivers)
+
+
+def _note_receivers(*_args: Any, **_kwargs: Any) -> None:
+    global _timing
+    _timing = _listened()
+
+
+for _signal in (transition_succeeded, transition_failed, transition_invalid):
+    _signal.receiver_connected.connect(_note_receivers, weak=False)
+    _signal.receiver_disconnected.connect(_note_receivers, weak=False)
+
+
+def _fire_timed(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """:func:`_fire`, with its start time for the signals' ``duration``."""
+    if not _listened():  # the last receiver was garbage collected: stop measuring
+        _note_receivers()
+        return _fire(plan, obj, args, kwargs)
+    token = _STARTED.set(perf_counter())
+    try:
+        return _fire(plan, obj, args, kwargs)
+    finally:
+        _STARTED.reset(token)
+
+
+def _elapsed() -> float | None:
+    """Seconds since the transition was called, or None if it was not measured."""
+    started = _STARTED.get()
+    return None if started is None else perf_counter() - started
 
 
 def _now(plan: _Plan) -> datetime:

@@ -1,7 +1,8 @@
 """The probes and the call agree, for every state, object lifecycle and event (hypothesis).
 
-``can_transition(obj, e)`` is True exactly when ``getattr(obj, e)()`` succeeds, and
-``available_transitions(obj)`` lists exactly those events, in declaration order.
+``can_transition(obj, e)`` is True exactly when ``getattr(obj, e)()`` succeeds,
+``available_transitions(obj)`` lists exactly those events, in declaration order, and
+``actions(obj)`` allows those and gives each refusal the reason the call raises.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from litestate import (
     TransitionError,
+    actions,
     available_transitions,
     can_transition,
     state_column,
@@ -86,17 +88,18 @@ def agree_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine
     engine.dispose()
 
 
-def _fires(obj: Article, event: str, session: Session | None) -> bool:
-    """Whether the call succeeds; undone afterwards in a SAVEPOINT of its own."""
+def _refusal(obj: Article, event: str, session: Session | None) -> str | None:
+    """The reason the call is refused, None if it succeeds; undone afterwards in a
+    SAVEPOINT of its own."""
     savepoint = session.begin_nested() if session is not None else None
     try:
         getattr(obj, event)()
-    except TransitionError:
-        return False
+    except TransitionError as error:
+        return error.reason
     finally:
         if savepoint is not None:
             savepoint.rollback()
-    return True
+    return None
 
 
 @settings(max_examples=150, deadline=None,
@@ -122,6 +125,11 @@ def test_the_probes_answer_what_the_call_does(
                 article.phase = state  # an unsaved edit, in any spelling
         probed = [e for e in EVENTS if can_transition(article, e)]
         assert available_transitions(article) == probed
+        shown = {action.event: action for action in actions(article)}
+        assert list(shown) == EVENTS
+        assert [e for e, action in shown.items() if action.allowed] == probed
         expected = can_transition(article, event)
-        assert _fires(article, event, None if life == "transient" else session) is expected
+        reason = _refusal(article, event, None if life == "transient" else session)
+        assert (reason is None) is expected
+        assert shown[event].reason == reason
         session.rollback()

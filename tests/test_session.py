@@ -132,6 +132,9 @@ def test_signals_order_and_payload(session: Session, signals: SignalLog) -> None
     assert signals.names() == ["transition-succeeded"]
     heard = signals.heard[0]
     assert heard.sender is Todo
+    duration = heard.payload.pop("duration")
+    assert isinstance(duration, float)
+    assert 0 < duration < 60
     assert heard.payload == {
         "record": todo, "record_id": todo.id, "event": "start", "from_state": "pending",
         "to_state": "doing", "column": "status", "args": ("ada",), "kwargs": {}}
