@@ -7,7 +7,10 @@ Each function here is exercised by the test suite on the oldest supported SQLAlc
 
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -86,3 +89,49 @@ def commit_now(conn: sa.Connection) -> None:
         dbapi_connection.commit()
     except Exception as exc:  # raises it, wrapped
         conn._handle_dbapi_exception(exc, None, None, None, None)  # pyright: ignore[reportPrivateUsage]
+
+
+# -- asyncio: SQLAlchemy's greenlet bridge (litestate.aio) ---------------------------------
+#
+# An AsyncSession runs the sync Session's work inside ``greenlet_spawn``, where
+# ``await_only`` hands an awaitable to the event loop and waits for it. litestate runs a
+# whole transition the same way, so its checks, UPDATE, SAVEPOINT and signals are the
+# sync code, and an async body, guard or receiver is awaited from inside it. Both
+# functions live in ``sqlalchemy.util``, not in SQLAlchemy's documented API; the test for
+# "inside the bridge" has no public form before 2.1 (``in_greenlet``).
+
+
+def greenlet_spawn(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """The awaitable running ``fn(*args, **kwargs)`` in a greenlet that may await."""
+    from sqlalchemy.util import greenlet_spawn as spawn
+
+    return spawn(fn, *args, **kwargs)
+
+
+def await_only(awaitable: Any) -> Any:
+    """Await ``awaitable`` from sync code running inside :func:`greenlet_spawn`."""
+    from sqlalchemy.util import await_only as await_
+
+    return await_(awaitable)
+
+
+def in_greenlet() -> bool:
+    """Whether this code runs inside :func:`greenlet_spawn` (so it may await)."""
+    try:
+        return _greenlet_test()()
+    except Exception:  # no greenlet installed: no bridge to be in
+        return False
+
+
+@functools.cache
+def _greenlet_test() -> Callable[[], bool]:
+    concurrency: Any = importlib.import_module("sqlalchemy.util.concurrency")
+    test: Callable[[], bool] | None = getattr(concurrency, "in_greenlet", None)  # 2.1
+    if test is not None:
+        return test
+    bridge: Any = importlib.import_module("sqlalchemy.util._concurrency_py3k")  # 2.0
+
+    def is_bridge_greenlet() -> bool:
+        return isinstance(bridge.getcurrent(), bridge._AsyncIoGreenlet)
+
+    return is_bridge_greenlet

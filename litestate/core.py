@@ -289,7 +289,9 @@ def transition(
                     _meta_option(meta))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
-        _check_body(fn, "@transition decorates a method")
+        _check_body(fn, "@transition decorates a method", async_ok=True)
+        if not inspect.iscoroutinefunction(fn):
+            _check_sync_guards(options.guards)
         # Two `def start` in one class body leave one attribute; see the first one here.
         name = getattr(fn, "__name__", "")
         caller = sys._getframe(1)  # pyright: ignore[reportPrivateUsage] - the class body
@@ -465,6 +467,7 @@ def transition_state(
         _check_body(body, f"transition_state(body={body!r}): a body is a function")
     spec = _Spec(_no_arguments, event, _states(frm), _state(to, "to"), _column_option(column),
                  _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock), _NO_META)
+    _check_sync_guards(spec.guards)
     machine = _machine_of(type(obj), adhoc=True)
     plan = machine.adhoc_plan(spec)
     if body is not None:
@@ -525,6 +528,10 @@ def _method(spec: _Spec) -> Callable[..., Any]:
     """The method a transition becomes: a plain function, the fastest bound method."""
     event = spec.event
     assert spec.fn is not None
+    if inspect.iscoroutinefunction(spec.fn):
+        from litestate import aio
+
+        return _named(aio.async_method(spec), spec)
 
     @functools.wraps(spec.fn)
     def method(self: object, *args: Any, **kwargs: Any) -> Any:
@@ -540,10 +547,14 @@ def _method(spec: _Spec) -> Callable[..., Any]:
             return _fire_timed(plan, self, args, kwargs)
         return _fire(plan, self, args, kwargs)
 
-    method.__litestate__ = spec  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
-    method.__name__ = event  # `begin = start` in a class body declares the event "begin"
+    return _named(method, spec)
+
+
+def _named(method: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    method.__litestate__ = spec  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
+    method.__name__ = spec.event  # `begin = start` in a class body declares the event "begin"
     prefix = method.__qualname__.rpartition(".")[0]
-    method.__qualname__ = f"{prefix}.{event}" if prefix else event
+    method.__qualname__ = f"{prefix}.{spec.event}" if prefix else spec.event
     return method
 
 
@@ -639,20 +650,30 @@ def _guard_list(guard: object) -> tuple[Guard, ...]:
             continue
         if not callable(g):
             raise DeclarationError(f"@transition(guard={g!r}): a guard is a callable or a name")
-        if _runs_elsewhere(g):
-            raise DeclarationError(
-                f"@transition(guard={g!r}): an async or generator guard cannot be checked by "
-                "a sync transition; it must return a bool")
+        if inspect.isgeneratorfunction(g) or inspect.isasyncgenfunction(g):
+            raise DeclarationError(f"@transition(guard={g!r}): a generator guard cannot be "
+                                   "checked; a guard returns a bool")
     return cast(tuple[Guard, ...], checked)
 
 
-def _check_body(fn: object, what: str) -> None:
+def _check_sync_guards(guards: tuple[Guard, ...]) -> None:
+    for g in guards:
+        if inspect.iscoroutinefunction(g):
+            raise DeclarationError(
+                f"@transition(guard={g!r}): an async guard cannot be checked by a sync "
+                "transition; it must return a bool (or make the transition an async def)")
+
+
+def _check_body(fn: object, what: str, *, async_ok: bool = False) -> None:
     if not callable(fn):
         raise DeclarationError(f"{what}, not {fn!r}")
+    if async_ok and inspect.iscoroutinefunction(fn):
+        return
     if _runs_elsewhere(fn):
+        hint = "use a plain def or an async def" if async_ok else "use a plain def"
         raise DeclarationError(
             f"{what}: {getattr(fn, '__qualname__', fn)!r} is an async or generator function, "
-            "whose body would never run inside the transition; use a plain def")
+            f"whose body would never run inside the transition; {hint}")
 
 
 def _runs_elsewhere(fn: object) -> bool:
@@ -880,6 +901,10 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
     # Plain tuples: the hot loops unpack them, which a NamedTuple would slow down.
     guards = [_compile_guard(cls, who, g, spec.fn) for g in spec.guards]
     plan.guards = tuple((g.label, g.fn, g.with_args, g.askable) for g in guards)
+    if inspect.iscoroutinefunction(spec.fn):
+        from litestate import aio
+
+        aio.compile_async(plan)
     if mapper is not None:
         _compile_write(plan, who, mapper, convert)
     plan.desc = Transition(plan.event, plan.frm, plan.to, column, ts,
@@ -1120,7 +1145,8 @@ def _compile_guard(cls: type, who: str, g: Guard, fn: Callable[..., Any]) -> _Gu
         if not (inspect.isfunction(raw) or isinstance(raw, staticmethod | classmethod)):
             return _Guard(g, _read_guard(g), False, True)  # a method a decorator made
         target, bound, label = getattr(cls, g), not inspect.isfunction(cast(Any, raw)), g
-        if _runs_elsewhere(target):
+        if _runs_elsewhere(target) and not (inspect.iscoroutinefunction(target) and
+                                            inspect.iscoroutinefunction(fn)):
             raise DeclarationError(f"{who}: guard {g!r} is an async or generator method; a "
                                    "sync transition needs a bool")
     else:
@@ -1280,7 +1306,7 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         result = None if plan.fn is None else plan.fn(obj, *args, **kwargs)
         if transition_succeeded.receivers:
             transition_succeeded.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                      duration=_elapsed())
+                                      duration=_elapsed(), _async_wrapper=_awaiting)
     except BaseException as exc:
         if wrote:
             setattr(obj, column, current)
@@ -1324,6 +1350,11 @@ def _read_for_probe(plan: _Plan, obj: Any) -> Any:
             f"and its {plan.column} is not loaded; merge() it into a session first") from None
     except ObjectDeletedError:
         return None  # the row is gone: nothing can fire
+    except sa_exc.MissingGreenlet as exc:
+        exc.add_note(f"{plan.column} of {_describe(obj)} is expired and its session is an "
+                     "AsyncSession's: ask with `await litestate.aio.can_transition(...)` or "
+                     "`await litestate.aio.available_transitions(...)`, which load it")
+        raise
 
 
 def _check_state(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
@@ -1396,6 +1427,11 @@ class _Firing:
 
 def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _outside_the_bridge(plan, session):
+        raise sa_exc.MissingGreenlet(
+            f"{plan.event}() on {_describe(obj)}: its session belongs to an AsyncSession, "
+            f"whose SQL must be awaited: use `await litestate.aio.call(obj.{plan.event}, "
+            "...)`; nothing was sent")
     _settle(plan, obj, state, session, args, kwargs)
     if plan.lock:
         _lock(plan, obj, state, session, args, kwargs)
@@ -1414,6 +1450,17 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
         _refuse(plan, obj, current, "guard", f"guard {label} returned false", args,
                 kwargs)
     return _atomic_section(_Firing(plan, obj, state, session, current, args, kwargs))
+
+
+def _outside_the_bridge(plan: _Plan, session: Session) -> bool:
+    """An AsyncSession's session, called from plain sync code: its first SQL would fail."""
+    bind: Any = session.bind
+    if bind is None:
+        try:
+            bind = session.get_bind(**plan.bind)
+        except sa_exc.UnboundExecutionError:
+            return False
+    return bool(bind.dialect.is_async) and not _sqla.in_greenlet()
 
 
 def _settle(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, ...],
@@ -1490,9 +1537,9 @@ def _begin_pysqlite(conn: sa.Connection) -> None:
     ``litestate.sqlite.enable_savepoints`` makes SQLAlchemy do on every transaction."""
     if conn.dialect.name != "sqlite":
         return
-    dbapi = conn.connection.dbapi_connection
-    if isinstance(dbapi, sqlite3.Connection) and dbapi.isolation_level is not None and \
-            not dbapi.in_transaction:
+    driver: Any = conn.connection.driver_connection  # sqlite3's, or the one aiosqlite wraps
+    legacy = isinstance(driver, sqlite3.Connection) or conn.dialect.driver == "aiosqlite"
+    if legacy and driver.isolation_level is not None and not driver.in_transaction:
         conn.exec_driver_sql("BEGIN")
 
 
@@ -1556,7 +1603,8 @@ def _run_body(f: _Firing) -> None:
         _check_still_open(f)
         f.session.flush()
     if transition_succeeded.receivers:
-        transition_succeeded.send(f.obj.__class__, **f.payload(), duration=_elapsed())
+        transition_succeeded.send(f.obj.__class__, **f.payload(), duration=_elapsed(),
+                                  _async_wrapper=_awaiting)
 
 
 def _close_savepoint(f: _Firing) -> None:
@@ -1651,7 +1699,8 @@ def _refuse(plan: _Plan, obj: Any, current: Any, reason: str, detail: str,
     if transition_invalid.receivers:
         try:
             transition_invalid.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                    reason=reason, error=error, duration=_elapsed())
+                                    reason=reason, error=error, duration=_elapsed(),
+                                    _async_wrapper=_awaiting)
         except Exception as exc:
             exc.add_note(f"raised by a transition_invalid receiver while refusing: {error}")
             raise
@@ -1663,11 +1712,19 @@ def _failed(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
     if transition_failed.receivers:
         try:
             transition_failed.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                   error=exc, duration=_elapsed())
+                                   error=exc, duration=_elapsed(), _async_wrapper=_awaiting)
         except Exception as receiver_exc:
             receiver_exc.add_note(
                 f"raised by a transition_failed receiver while reporting: {exc!r}")
             raise
+
+
+def _awaiting(receiver: Callable[..., Any]) -> Callable[..., Any]:
+    """blinker's ``_async_wrapper``: an ``async def`` receiver, awaited when the signal is
+    sent from :mod:`litestate.aio`'s bridge (an AsyncSession); else a clear error."""
+    from litestate import aio
+
+    return aio.awaiting_receiver(receiver)
 
 
 def _payload(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
@@ -1876,6 +1933,8 @@ def _send_committed(ready: list[tuple[type, dict[str, Any]]]) -> None:
     for sender, payload in ready:
         for receiver in transition_committed.receivers_for(sender):
             try:
+                if inspect.iscoroutinefunction(receiver):
+                    receiver = _awaiting(receiver)
                 receiver(sender, **payload)
             except Exception as exc:
                 errors.append(exc)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import operator
 import re
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -457,18 +458,41 @@ async def _async_guard(self: Any) -> bool:
     return True
 
 
-@pytest.mark.parametrize("body", [_async_body, _generator_body], ids=["async", "generator"])
-def test_an_async_or_generator_body_is_refused_by_name(body: Callable[[Any], Any]) -> None:
+async def _async_generator_body(self: Any) -> AsyncIterator[None]:
+    yield
+
+
+@pytest.mark.parametrize("body", [_generator_body, _async_generator_body],
+                         ids=["generator", "async generator"])
+def test_a_generator_body_is_refused_by_name(body: Callable[[Any], Any]) -> None:
     decorate = transition(frm="a", to="b", column="s")
     with pytest.raises(DeclarationError) as info:
         decorate(body)
     assert body.__qualname__ in str(info.value), str(info.value)
 
 
-def test_an_async_guard_is_refused_by_name() -> None:
+def test_an_async_body_declares_an_async_transition() -> None:
+    class Thing:
+        s = "a"
+        go = transition(frm="a", to="b", column="s")(_async_body)
+
+    assert inspect.iscoroutinefunction(Thing.go)
+    assert inspect.iscoroutinefunction(Thing().go)
+
+
+def test_an_async_guard_of_a_sync_transition_is_refused_by_name() -> None:
+    decorate = transition(frm="a", to="b", column="s", guard=_async_guard)
     with pytest.raises(DeclarationError) as info:
-        transition(frm="a", to="b", column="s", guard=_async_guard)
+        decorate(_plain_body)
     assert re.search(r"guard=<function _async_guard\b", str(info.value)), str(info.value)
+    assert "async def" in str(info.value)
+    with pytest.raises(DeclarationError, match="_async_guard"):
+        transition_state(object(), event="go", frm="a", to="b", column="s",
+                         guard=_async_guard)
+
+
+def _plain_body(self: Any) -> None:
+    pass
 
 
 @pytest.mark.parametrize(("probe", "args"), [
