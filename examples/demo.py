@@ -1,12 +1,21 @@
 """litestate demo: the Ruby article's models on an embedded SQLite file.
 
-Run from the repository root: ``python -m examples.demo [path.db]``. It prints each transition,
-the signals received, a refused attempt with its error, and each record's allowed actions.
+Run from the repository root: ``python -m examples.demo [path.db]`` (default
+``litestate-demo.db``). It prints each transition, the signals received, a refused attempt
+with its error, and each record's allowed actions.
+
+The demo writes only databases of its own: each is marked with SQLite's
+``PRAGMA application_id``, and an existing path is replaced only if it carries that mark.
+Any other existing path (a text file, another application's database, a directory, a
+symlink) is refused with exit status 2, and left untouched.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,10 @@ from litestate import (
     transition_succeeded,
 )
 from litestate.sqlite import enable_savepoints
+
+#: The mark of a database this demo made, in its SQLite header ("LSdm").
+APPLICATION_ID = 0x4C53646D
+DEFAULT_PATH = Path("litestate-demo.db")
 
 
 # Receivers live at module level: blinker holds them by weak reference.
@@ -64,9 +77,32 @@ def show(label: str, *records: Any) -> None:
               f"{', '.join(available_transitions(record)) or 'nothing'}")
 
 
-def main(path: Path) -> None:
-    path.unlink(missing_ok=True)
+class NotTheDemosError(FileExistsError):
+    """Raised for an existing path the demo did not make: it is never replaced."""
+
+
+def made_by_demo(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a SQLite database this demo made."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with path.open("rb") as file:
+        header = file.read(100)
+    # The header's first 16 bytes name the format; bytes 68-71 are the application id.
+    return (header[:16] == b"SQLite format 3\x00"
+            and int.from_bytes(header[68:72], "big") == APPLICATION_ID)
+
+
+def demo(path: Path) -> None:
+    """Run the demo on a new database at ``path``, replacing only one it made before."""
+    if os.path.lexists(path):
+        if not made_by_demo(path):
+            raise NotTheDemosError(
+                f"{path} exists and is not a database this demo made; it was left untouched. "
+                "Pass a path that does not exist yet.")
+        path.unlink()
     engine = enable_savepoints(create_engine(f"sqlite:///{path}"))
+    with engine.begin() as conn:  # the mark first, so even a failed run leaves a file we own
+        conn.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
     Base.metadata.create_all(engine)
     receivers = ((transition_succeeded, on_succeeded), (transition_committed, on_committed),
                  (transition_invalid, on_invalid), (transition_failed, on_failed))
@@ -79,6 +115,22 @@ def main(path: Path) -> None:
             signal.disconnect(receiver)
         engine.dispose()
     print(f"\nThe database is in {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (2 for a path the demo will not replace)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo",
+        description="litestate's demo: the Ruby article's models on a new SQLite file.")
+    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH,
+                        help=f"a new file, or one this demo made (default: {DEFAULT_PATH})")
+    path: Path = parser.parse_args(argv).path
+    try:
+        demo(path)
+    except NotTheDemosError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(engine: Engine) -> None:
@@ -150,4 +202,4 @@ def run(engine: Engine) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "litestate-demo.db"))
+    sys.exit(main())
