@@ -10,7 +10,9 @@ from litestate.core import (
     GuardError,
     InvalidStateError,
     Transition,
+    TransitionArgumentError,
     TransitionError,
+    UnknownTransitionError,
     actions,
     available_transitions,
     can_transition,
@@ -25,6 +27,7 @@ from litestate.core import (
     transition_succeeded,
     transitions,
 )
+from litestate.diagram import diagram
 
 try:
     __version__ = version("litestate")
@@ -39,11 +42,14 @@ __all__ = [
     "GuardError",
     "InvalidStateError",
     "Transition",
+    "TransitionArgumentError",
     "TransitionError",
+    "UnknownTransitionError",
     "__version__",
     "actions",
     "available_transitions",
     "can_transition",
+    "diagram",
     "fire",
     "set_clock",
     "state_column",

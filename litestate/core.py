@@ -87,7 +87,9 @@ __all__ = [
     "GuardError",
     "InvalidStateError",
     "Transition",
+    "TransitionArgumentError",
     "TransitionError",
+    "UnknownTransitionError",
     "actions",
     "available_transitions",
     "can_transition",
@@ -203,6 +205,15 @@ HTTP_STATUS: Mapping[str, int] = MappingProxyType({"invalid": 409, "conflict": 4
 
 class DeclarationError(ValueError):
     """A transition or state column is declared wrongly; the message names the bad value."""
+
+
+class UnknownTransitionError(ValueError):
+    """:func:`fire` was given a name that is not a declared transition (a 404 in a view)."""
+
+
+class TransitionArgumentError(TypeError):
+    """:func:`fire` was given arguments that do not fit the transition's method (a 400 in a
+    view); raised before anything runs. The transition's own errors are never this."""
 
 
 def _utcnow() -> datetime:
@@ -430,12 +441,20 @@ def _is_unsaved(obj: object) -> bool:
 
 def fire(obj: object, event: str, /, *args: Any, **kwargs: Any) -> Any:
     """Call the transition named ``event`` of ``obj``: ``POST /orders/1/{event}`` in one
-    line. Any name that is not a declared transition (another method, a dunder) is a
-    ``ValueError`` naming the declared ones, before anything runs."""
+    line. Before anything runs, a name that is not a declared transition (another method,
+    a dunder) is an :class:`UnknownTransitionError` (a ``ValueError``) naming the declared
+    ones, and arguments that do not fit are a :class:`TransitionArgumentError` (a
+    ``TypeError``): a view maps those to 404 and 400, and what the transition itself
+    raises stays its own."""
     machine = _machine_of_instance(obj)
-    if not isinstance(event, str) or event not in machine.plans:  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"{type(obj).__name__} has no transition {event!r}; it has "
-                         f"{list(machine.plans)}")
+    plan = machine.plans.get(event) if isinstance(event, str) else None  # pyright: ignore[reportUnnecessaryIsInstance]
+    if plan is None:
+        raise UnknownTransitionError(f"{type(obj).__name__} has no transition {event!r}; it "
+                                     f"has {list(machine.plans)}")
+    try:
+        plan.check(obj, *args, **kwargs)
+    except TypeError as exc:
+        raise TransitionArgumentError(str(exc)) from None
     return getattr(type(obj), event)(obj, *args, **kwargs)
 
 

@@ -12,6 +12,10 @@ import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"^```python\n(.*?)^```$", README.read_text(), flags=re.S | re.M)
+# A python block followed by "It prints:" and a text block: what it must print.
+PRINTS = {block: printed for block, printed in re.findall(
+    r"^```python\n((?:(?!^```).)*?)^```\n\nIt prints:\n\n```text\n(.*?)^```$", README.read_text(),
+    flags=re.S | re.M)}
 
 
 def test_the_readme_has_examples() -> None:
@@ -36,17 +40,23 @@ def readme_engine_line(request: pytest.FixtureRequest) -> Iterator[str]:
     yield f"engine = create_engine({url.render_as_string(hide_password=False)!r})"
 
 
-def test_the_readme_examples_run(monkeypatch: pytest.MonkeyPatch, readme_engine_line: str
-                                 ) -> None:
-    """As one module, registered: SQLAlchemy resolves annotations through sys.modules."""
+def test_the_readme_examples_run(monkeypatch: pytest.MonkeyPatch, readme_engine_line: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """As one module, registered: SQLAlchemy resolves annotations through sys.modules.
+    A block the README says prints something prints exactly that."""
     module = types.ModuleType("readme")
     monkeypatch.setitem(sys.modules, "readme", module)
     assert SQLITE_ENGINE in BLOCKS[0]
+    assert len(PRINTS) >= 2
     try:
         for number, block in enumerate(BLOCKS, 1):
             code = compile(block.replace(SQLITE_ENGINE, readme_engine_line),
                            f"README.md python block {number}", "exec")
+            capsys.readouterr()
             exec(code, module.__dict__)
+            if block in PRINTS:
+                printed = capsys.readouterr().out
+                assert printed == PRINTS[block], f"README.md python block {number} printed"
     finally:
         engine = module.__dict__.get("engine")
         if engine is not None:

@@ -22,6 +22,8 @@ from litestate import (
     DeclarationError,
     GuardError,
     InvalidStateError,
+    TransitionArgumentError,
+    UnknownTransitionError,
     actions,
     available_transitions,
     fire,
@@ -87,8 +89,35 @@ def test_fire_refuses_as_the_method_does() -> None:
     order = Order()
     with pytest.raises(InvalidStateError):
         fire(order, "ship", "ups")
-    with pytest.raises(TypeError, match="carrier"):
-        fire(order, "ship")
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [
+    ((), {}), (("ups", "extra"), {}), (("ups",), {"bogus": 1}), ((), {"tracking": "1Z"})])
+def test_arguments_that_do_not_fit_are_a_transition_argument_error_before_anything_runs(
+        args: tuple[Any, ...], kwargs: dict[str, Any], signals: SignalLog) -> None:
+    order = Order(status="placed", paid=True)
+    with pytest.raises(TransitionArgumentError, match=r"ship\(\)") as info:
+        fire(order, "ship", *args, **kwargs)
+    assert isinstance(info.value, TypeError)
+    assert order.status == "placed"
+    assert signals.heard == []
+
+
+def test_a_type_error_of_the_transition_itself_is_not_an_argument_error() -> None:
+    class Strict(Order):
+        @transition(frm="cart", to="placed")
+        def place(self) -> None:
+            raise TypeError("the body's own bug")
+
+    with pytest.raises(TypeError, match="the body's own bug") as info:
+        fire(Strict(), "place")
+    assert not isinstance(info.value, TransitionArgumentError)
+
+
+def test_an_unknown_name_is_an_unknown_transition_error() -> None:
+    with pytest.raises(UnknownTransitionError) as info:
+        fire(Order(), "__init__")
+    assert isinstance(info.value, ValueError)
 
 
 def test_fire_takes_a_subclass_override() -> None:

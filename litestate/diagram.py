@@ -1,0 +1,302 @@
+"""State diagrams of a class's transitions, as Mermaid or Graphviz dot text.
+
+:func:`diagram` draws what :func:`litestate.transitions` describes, one diagram per state
+column::
+
+    from litestate.diagram import diagram
+
+    print(diagram(Todo))                 # Mermaid stateDiagram-v2
+    print(diagram(Todo, format="dot"))   # Graphviz
+    print(diagram(todo))                 # an instance: its current state highlighted
+
+What is drawn, for each state column:
+
+- every state: those the transitions name, the column's scalar default, and every value
+  of an SQLAlchemy ``Enum`` column, even one no transition reaches;
+- the initial state, where the column has a scalar default (``mapped_column(default=...)``;
+  for a plain class or a dataclass, a class attribute or field default): ``[*] --> state``
+  in Mermaid, an arrow from a point in dot;
+- one arrow per transition and state it starts from, labelled with the event and its
+  guards' labels (``pay [is_funded]``); a transition from ``"*"`` is one arrow from a
+  single "any state" node;
+- for an instance, its current state, highlighted.
+
+A state is shown as the column holds it; an ``enum.Enum`` member by its value if that is a
+string, else by its name. States are listed in the order the declarations first name them
+(within one ``frm``, a set, those already named come first, then the initial state,
+then the ``Enum`` column's order, then the names' order), then the column's default, then
+the ``Enum`` column's other values: equal declarations give equal text.
+
+Several state columns give several diagrams, in declaration order, separated by a blank
+line; ``column=`` picks one (Mermaid draws one diagram per code block).
+
+Only the public description is read: no private plan, no SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, NamedTuple, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapper
+
+from litestate.core import Transition, transitions
+
+__all__ = ["Format", "diagram"]
+
+#: The text formats :func:`diagram` writes.
+Format = Literal["mermaid", "dot"]
+
+
+class _Edge(NamedTuple):
+    """One arrow: from the state at ``source`` (``None``: any state) to ``target``."""
+
+    source: int | None
+    target: int
+    label: str
+
+
+class _Chart(NamedTuple):
+    """One state column's diagram, before it is written in a format."""
+
+    name: str  # "Todo.status"
+    labels: tuple[str, ...]  # the states' display names; a state's number is its index
+    initial: int | None
+    current: int | None
+    edges: tuple[_Edge, ...]
+
+
+def diagram(cls_or_obj: object, *, format: Format = "mermaid", column: str | None = None
+            ) -> str:
+    """The state diagram of a class (or of an instance, its current state highlighted).
+
+    ``format`` is ``"mermaid"`` (a ``stateDiagram-v2``) or ``"dot"`` (Graphviz).
+    ``column`` picks one state column; by default each gets a diagram, in declaration
+    order, separated by a blank line. A class without transitions is a ``TypeError``; an
+    unknown format or column a ``ValueError``.
+    """
+    write = _writer(format)
+    obj = None if isinstance(cls_or_obj, type) else cls_or_obj
+    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
+    by_column = _transitions_by_column(cls)
+    if column is not None and column not in by_column:
+        raise ValueError(f"{cls.__name__} has no transitions on {column!r}; its state columns "
+                         f"are {list(by_column)}")
+    chosen = [column] if column is not None else list(by_column)
+    return "\n".join(write(_chart(cls, obj, c, by_column[c])) for c in chosen)
+
+
+def _writer(name: object) -> Callable[[_Chart], str]:
+    writer = _WRITERS.get(name) if isinstance(name, str) else None
+    if writer is None:
+        raise ValueError(f"diagram(format={name!r}): the formats are "
+                         f"{', '.join(map(repr, _WRITERS))}")
+    return writer
+
+
+def _transitions_by_column(cls: type) -> dict[str, list[Transition]]:
+    """The class's transitions, grouped by state column, both in declaration order."""
+    by_column: dict[str, list[Transition]] = {}
+    for t in transitions(cls):
+        by_column.setdefault(t.column, []).append(t)
+    if not by_column:  # a @state_column alone declares a machine without transitions
+        raise TypeError(f"{cls.__name__} declares no transitions")
+    return by_column
+
+
+# -- what one column's diagram shows ------------------------------------------------------
+
+
+def _chart(cls: type, obj: object, column: str, declared: Sequence[Transition]) -> _Chart:
+    col = _state_column(cls, column)
+    type_ = None if col is None else col.type
+    initial = _initial_state(cls, column, col)
+    current = None if obj is None else _current_state(obj, column, type_, initial)
+    states = _ordered_states(declared, initial, _enum_values(type_), current)
+    number = {state: i for i, state in enumerate(states)}
+    edges = [_Edge(None if source is None else number[source], number[t.to], _edge_label(t))
+             for t in declared for source in _sources(t, number)]
+    return _Chart(f"{cls.__name__}.{column}", tuple(_label(s) for s in states),
+                  None if initial is None else number[initial],
+                  None if current is None else number[current], tuple(edges))
+
+
+def _ordered_states(declared: Sequence[Transition], initial: Any, enum_values: Sequence[Any],
+                    current: Any) -> list[Any]:
+    """In the order the declarations name them, then the default, the Enum's other values,
+    and a current state that is none of those."""
+    rank = {value: i for i, value in enumerate(enum_values)}
+    if initial is not None:
+        rank[initial] = -1
+    seen: dict[Any, int] = {}  # each state, and when it was first seen
+    for t in declared:
+        for state in sorted(t.frm or (), key=lambda s: _placing(s, seen, rank)):
+            seen.setdefault(state, len(seen))
+        seen.setdefault(t.to, len(seen))
+    for state in (initial, *enum_values, current):
+        if state is not None:
+            seen.setdefault(state, len(seen))
+    return list(seen)
+
+
+def _placing(state: Any, seen: dict[Any, int], rank: dict[Any, int]) -> tuple[int, int, str, str]:
+    """Where a state of one ``frm`` goes among the others (a frozenset has no order): where
+    it was first seen, else the initial state, else where the Enum column lists it, else
+    by its name."""
+    if state in seen:
+        return 0, seen[state], "", ""
+    if state in rank:
+        return 1, rank[state], "", ""
+    return 2, 0, _label(state), type(state).__name__
+
+
+def _sources(t: Transition, number: dict[Any, int]) -> list[Any]:
+    """The states an arrow starts from, in drawing order; ``[None]`` for ``"*"``."""
+    if t.frm is None:
+        return [None]
+    return sorted(t.frm, key=number.__getitem__)
+
+
+def _edge_label(t: Transition) -> str:
+    return f"{t.event} [{', '.join(t.guards)}]" if t.guards else t.event
+
+
+def _label(state: Any) -> str:
+    """A state as shown: an Enum member by its value if a str (as litestate names it in a
+    timestamp column), else by its name."""
+    if isinstance(state, enum.Enum):
+        return state.value if isinstance(state.value, str) else state.name
+    return str(state)
+
+
+# -- reading the column -------------------------------------------------------------------
+
+
+def _state_column(cls: type, column: str) -> Any:
+    """A mapped class's state column (its type, its default); ``None`` for a plain class."""
+    mapper: object = sa.inspect(cls, raiseerr=False)
+    if not isinstance(mapper, Mapper):
+        return None
+    prop = cast(Any, mapper).column_attrs.get(column)
+    return None if prop is None else prop.columns[0]
+
+
+def _enum_values(type_: Any) -> list[Any]:
+    """Every value an Enum column can hold, as its attribute holds them."""
+    if not isinstance(type_, sa.Enum):
+        return []
+    if type_.enum_class is not None:
+        return list(cast(Iterable[enum.Enum], type_.enum_class))
+    return list(type_.enums)
+
+
+def _initial_state(cls: type, column: str, col: Any) -> Any:
+    """The state a new object starts in, when the class says: a scalar column default, a
+    dataclass field default, or a class attribute; else ``None``."""
+    if col is not None:
+        default = col.default
+        if default is None or not getattr(default, "is_scalar", False):
+            return None
+        return _as_held(default.arg, col.type)
+    value = _dataclass_default(cls, column)
+    if value is None:
+        value = inspect.getattr_static(cls, column, None)
+    return value if _is_state(value) else None
+
+
+def _dataclass_default(cls: type, column: str) -> Any:
+    if not dataclasses.is_dataclass(cls):
+        return None
+    field = next((f for f in dataclasses.fields(cls) if f.name == column), None)
+    return None if field is None or field.default is dataclasses.MISSING else field.default
+
+
+def _current_state(obj: object, column: str, type_: Any, initial: Any) -> Any:
+    """The state the object is in, read as a transition reads it: an unset state of an
+    object not yet saved is the column's default."""
+    current = getattr(obj, column, None)
+    return initial if current is None else _as_held(current, type_)
+
+
+def _as_held(value: Any, type_: Any) -> Any:
+    """A value in the form the column's attribute holds (a member for a Python-enum column,
+    whose attribute may also be set to the member's name or value)."""
+    if isinstance(type_, sa.Enum) and type_.enum_class is not None:
+        members = list(cast(Iterable[enum.Enum], type_.enum_class))
+        stored = dict(zip(type_.enums, members, strict=False)) \
+            if type_.values_callable is not None else {}
+        if isinstance(value, str) and value in stored:
+            return stored[value]
+        return next((m for m in members if value is m or value in (m.name, m.value)), value)
+    if type_ is not None and isinstance(value, enum.Enum):
+        return value.value  # a member written to a String column is stored as its value
+    return value
+
+
+def _is_state(value: object) -> bool:
+    return isinstance(value, str | int | enum.Enum) and not isinstance(value, bool)
+
+
+# -- the formats --------------------------------------------------------------------------
+
+
+def _mermaid(chart: _Chart) -> str:
+    """A Mermaid ``stateDiagram-v2``: generated ids (``s0``...) carry the labels, so any
+    name renders."""
+    lines = ["stateDiagram-v2"]
+    lines += [f'    state "{_mermaid_text(label)}" as s{i}'
+              for i, label in enumerate(chart.labels)]
+    if any(edge.source is None for edge in chart.edges):
+        lines.append('    state "any state" as any')
+    if chart.initial is not None:
+        lines.append(f"    [*] --> s{chart.initial}")
+    for edge in chart.edges:
+        source = "any" if edge.source is None else f"s{edge.source}"
+        lines.append(f"    {source} --> s{edge.target}: {_mermaid_text(edge.label)}")
+    if chart.current is not None:
+        lines.append("    classDef current fill:#ffd966,stroke:#7f6000,stroke-width:2px")
+        lines.append(f"    class s{chart.current} current")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text: str) -> str:
+    """Mermaid has no backslash escapes: a character that would end or break a label is
+    written as its entity code (``#34;`` for ``"``), which Mermaid decodes."""
+    return "".join(f"#{ord(c)};" if c in _MERMAID_SPECIAL or not c.isprintable() else c
+                   for c in text)
+
+
+_MERMAID_SPECIAL = frozenset('"#;<>&\\')
+
+
+def _dot(chart: _Chart) -> str:
+    """A Graphviz ``digraph``: every name quoted and escaped."""
+    lines = [f"digraph {_dot_text(chart.name)} {{", "    rankdir=LR;",
+             "    node [shape=box, style=rounded];"]
+    for i, label in enumerate(chart.labels):
+        look = ', style="rounded,filled", fillcolor="#ffd966"' if i == chart.current else ""
+        lines.append(f"    s{i} [label={_dot_text(label)}{look}];")
+    if any(edge.source is None for edge in chart.edges):
+        lines.append('    any [label="any state", style="rounded,dashed"];')
+    if chart.initial is not None:
+        lines.append("    initial [shape=point];")
+        lines.append(f"    initial -> s{chart.initial};")
+    for edge in chart.edges:
+        source = "any" if edge.source is None else f"s{edge.source}"
+        lines.append(f"    {source} -> s{edge.target} [label={_dot_text(edge.label)}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_text(text: str) -> str:
+    """A dot quoted string; a backslash is doubled, as a label would read ``\\n`` and
+    friends as escapes."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\r", "\\r").replace("\n", "\\n") + '"'
+
+
+_WRITERS: dict[str, Callable[[_Chart], str]] = {"mermaid": _mermaid, "dot": _dot}
