@@ -35,14 +35,14 @@ UPDATE) and a public, frozen :class:`Transition`. Declaration errors are raised 
 litestate never commits. Plain objects and objects outside a session get the same checks
 in memory, and their state and timestamp are restored if the body raises.
 
-=======================  ==========================================  ==================
+=======================  ==========================================  =======================
 signal (sender: class)   sent                                        extra payload
-=======================  ==========================================  ==================
-transition_succeeded     inside the transaction, after the body      --
-transition_invalid       on a refusal, nothing written               reason, error
-transition_failed        after the body (or the write) failed        error
+=======================  ==========================================  =======================
+transition_succeeded     inside the transaction, after the body      duration
+transition_invalid       on a refusal, nothing written               reason, error, duration
+transition_failed        after the body (or the write) failed        error, duration
 transition_committed     after the database committed the write      --
-=======================  ==========================================  ==================
+=======================  ==========================================  =======================
 
 Every payload has ``record``, ``record_id``, ``event``, ``from_state``, ``to_state``,
 ``column``, ``args`` and ``kwargs``. The README is the full manual.
