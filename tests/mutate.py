@@ -1,6 +1,7 @@
 """Mutation driver for litestate/core.py (see tests/README.md).
 
 Usage: python /tmp/mutate.py [--copy /tmp/mut] [--seed 20240611] [--n 200] [--list]
+       [--target litestate/aio.py] [--lines 300-420,900-950]   (one module, some lines)
        python /tmp/mutate.py --only ID [ID ...]     (rerun selected mutants)
        python /tmp/mutate.py --show ID              (print the mutant's diff)
 
@@ -104,8 +105,9 @@ def apply(tree: ast.Module, site: tuple[str, int, int, str]) -> ast.Module:
     return ast.fix_missing_locations(tree)
 
 
-def run(copy_root: Path, source: str, timeout: float) -> tuple[str, float, str]:
-    target = copy_root / "litestate" / "core.py"
+def run(copy_root: Path, source: str, timeout: float, module: str
+        ) -> tuple[str, float, str]:
+    target = copy_root / module
     target.write_text(source)
     start = time.monotonic()
     try:
@@ -128,13 +130,19 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="*")
     ap.add_argument("--show", type=int)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--target", default="litestate/core.py", help="the module to mutate")
+    ap.add_argument("--lines", default="", help="only sites on these lines: 10-40,90-99")
     ns = ap.parse_args()
     root = Path(ns.copy)
-    original = subprocess.run(["git", "show", "HEAD:litestate/core.py"], cwd=root,
+    original = subprocess.run(["git", "show", f"HEAD:{ns.target}"], cwd=root,
                               capture_output=True, text=True, check=True).stdout
     tree = ast.parse(original)
     baseline = ast.unparse(tree)
     all_sites = sites(tree)
+    if ns.lines:
+        spans = [tuple(map(int, span.split("-"))) for span in ns.lines.split(",")]
+        all_sites = [site for site in all_sites
+                     if any(a <= int(site[3].split()[0][1:]) <= b for a, b in spans)]
     rng = random.Random(ns.seed)
     order = list(range(len(all_sites)))
     rng.shuffle(order)
@@ -152,7 +160,7 @@ def main() -> None:
     print(f"{len(all_sites)} sites; seed {ns.seed}; running {len(ids)}", flush=True)
     try:
         if not ns.only:
-            status, secs, tail = run(root, baseline, ns.timeout)
+            status, secs, tail = run(root, baseline, ns.timeout, ns.target)
             assert status == "survived", f"the unparsed baseline fails: {tail}"
             print(f"baseline passes in {secs:.1f}s", flush=True)
         with open(ns.out, "a") as out:
@@ -162,7 +170,7 @@ def main() -> None:
                 if mutated == baseline:
                     status, secs, tail = "noop", 0.0, ""
                 else:
-                    status, secs, tail = run(root, mutated, ns.timeout)
+                    status, secs, tail = run(root, mutated, ns.timeout, ns.target)
                 rec = {"id": i, "site": site[3], "kind": site[0], "status": status,
                        "secs": round(secs, 1), "tail": tail}
                 out.write(json.dumps(rec) + "\n")
@@ -170,7 +178,7 @@ def main() -> None:
                 print(f"[{k + 1}/{len(ids)}] #{i} {site[3]}: {status} ({secs:.1f}s) {tail}",
                       flush=True)
     finally:
-        (root / "litestate" / "core.py").write_text(original)
+        (root / ns.target).write_text(original)
 
 
 if __name__ == "__main__":
