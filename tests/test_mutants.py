@@ -751,3 +751,60 @@ def test_a_row_without_a_state_is_refused_even_by_a_transition_from_any(
         session.commit()
         assert unset.status is None
     engine.dispose()
+
+
+@state_column("status")
+class Edited(MutantBase):
+    __tablename__ = "mutant_edited"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(10), default="a")
+
+    @transition(frm="b", to="c")
+    def finish(self) -> None:
+        pass
+
+
+def test_an_unsaved_edit_of_the_state_is_written_before_a_lone_update(
+        tables: sa.Engine) -> None:
+    """No body, no receiver: no SAVEPOINT, whose begin would flush; litestate flushes."""
+    with Session(tables) as session:
+        edited = Edited()
+        session.add(edited)
+        session.commit()
+        edited.status = "b"  # not flushed
+        edited.finish()
+        session.commit()
+    assert read(tables, sa.select(Edited.status)) == [("c",)]
+
+
+def test_a_session_without_a_bind_fails_as_sqlalchemy_does(tables: sa.Engine) -> None:
+    with Session(tables) as session:
+        edited = Edited(status="b")
+        session.add(edited)
+        session.commit()
+        session.expunge(edited)
+    unbound = Session()
+    unbound.add(edited)
+    with pytest.raises(sa.exc.UnboundExecutionError):
+        edited.finish()
+    unbound.close()
+
+
+def test_a_receiver_the_garbage_collector_took_stops_the_timing_and_the_call_returns(
+        ) -> None:
+    @state_column("state")
+    class Door:
+        state = "shut"
+
+        @transition(frm="shut", to="open")
+        def open(self) -> str:
+            return "opened"
+
+    def receive(_sender: Any, **_payload: Any) -> None:
+        pass
+
+    litestate.transition_succeeded.connect(receive)  # weakly: no disconnect is sent
+    del receive
+    gc.collect()
+    assert Door().open() == "opened"
+    assert not litestate.core._timing  # measuring again only once someone listens
