@@ -171,8 +171,9 @@ class TransitionError(Exception):
 
     @property
     def http_status(self) -> int:
-        """The HTTP status a web view answers this refusal with (see :data:`HTTP_STATUS`)."""
-        return HTTP_STATUS[self.reason]
+        """The HTTP status a web view answers this refusal with (see :data:`HTTP_STATUS`;
+        a reason of your own, in an error you raise yourself, is a 409)."""
+        return HTTP_STATUS.get(self.reason, 409)
 
     def as_dict(self) -> dict[str, Any]:
         """The refusal as JSON-ready data for an error response: the states as the column
@@ -248,8 +249,8 @@ class Transition:
     guards: tuple[str, ...]
     #: Whether the state is read under ``SELECT ... FOR UPDATE``.
     lock: bool
-    #: The method's signature, without ``self``.
-    signature: inspect.Signature
+    #: The method's signature, without ``self`` (not compared: defaults may be unhashable).
+    signature: inspect.Signature = field(compare=False)
     #: The declaration's ``meta=``: free-form data for views (a label, an icon), read-only.
     meta: Mapping[str, Any] = field(compare=False)
 
@@ -274,9 +275,9 @@ class Action:
     #: What refuses, in words ("" when allowed): the allowed states, or the guard.
     detail: str
     #: The method's parameters beyond ``self``: names, annotations, defaults.
-    parameters: tuple[inspect.Parameter, ...]
+    parameters: tuple[inspect.Parameter, ...] = field(compare=False)
     #: The declaration's ``meta=``.
-    meta: Mapping[str, Any]
+    meta: Mapping[str, Any] = field(compare=False)
     #: The compiled transition.
     transition: Transition
 
@@ -300,6 +301,10 @@ def transition(
                     _meta_option(meta))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
+        if isinstance(fn, _Declared):
+            raise DeclarationError(
+                f"@transition applied twice to {getattr(fn.__litestate__.fn, '__qualname__', fn)}"
+                ": a method is one transition; declare another method for the other")
         _check_body(fn, "@transition decorates a method", async_ok=True)
         if not inspect.iscoroutinefunction(fn):
             _check_sync_guards(options.guards)
@@ -344,7 +349,7 @@ def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> boo
     try:  # the class's own compiled machine (an inherited one is another class's)
         machine = cls.__litestate_machine__
         plan = machine.plans[event] if machine.owner is cls else None
-    except (AttributeError, KeyError):
+    except (AttributeError, KeyError, TypeError):  # TypeError: an unhashable event
         plan = None
     if plan is None:
         plan = _plan_of(obj, event)
@@ -540,7 +545,8 @@ class _Declared:
         setattr(owner, name, _method(self.__litestate__._replace(event=name)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("@transition decorates methods defined in a class body")
+        raise TypeError("@transition decorates methods defined in a class body (not a "
+                        "staticmethod or classmethod)")
 
 
 def _method(spec: _Spec) -> Callable[..., Any]:
@@ -597,6 +603,11 @@ def _specs_of(cls: type) -> dict[str, _Spec]:
                 raise DeclarationError(
                     f"{cls.__name__}.{name}: a transition assigned after the class was "
                     "created; declare it in the class body")
+            if isinstance(value, staticmethod | classmethod) and \
+                    isinstance(value.__func__, _Declared):
+                raise DeclarationError(
+                    f"{cls.__name__}.{name}: a transition is a method of the instance; "
+                    f"remove @{type(value).__name__}")
             if not isinstance(spec, _Spec):
                 specs.pop(name, None)  # overridden by something that is not a transition
             elif spec.event == name:  # else an alias (`other = start`): the same event
@@ -1801,8 +1812,12 @@ def _now(plan: _Plan) -> datetime:
 
 def _record_id(obj: Any) -> Any:
     state = getattr(obj, "_sa_instance_state", None)
-    if state is None:
-        return getattr(obj, "id", None)
+    if state is None:  # a plain object: its `id` attribute, if it is a plain value
+        try:
+            record_id = getattr(obj, "id", None)
+        except Exception:
+            return None
+        return None if callable(record_id) else record_id
     identity = state.identity
     return None if identity is None else identity[0] if len(identity) == 1 else identity
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -299,3 +300,23 @@ def test_an_integer_column_takes_ints_and_int_enums_and_holds_ints() -> None:
     frm = transitions(Gauge)[0].frm
     assert frm == frozenset({1})
     assert [type(state) for state in frm] == [int]
+
+
+@pytest.mark.parametrize("wrap", [staticmethod, classmethod])
+def test_a_transition_under_staticmethod_or_classmethod_is_a_declaration_error(
+        wrap: Any) -> None:
+    class Thing:
+        state = "a"
+        go = wrap(transition(frm="a", to="b", column="state")(lambda self: None))
+
+    with pytest.raises(DeclarationError, match=rf"Thing.go: .* remove @{wrap.__name__}"):
+        transitions(Thing)
+
+
+def test_transition_applied_twice_to_one_method_is_a_declaration_error() -> None:
+    def go(self: Any) -> None:
+        pass
+
+    once = transition(frm="a", to="b", column="state")(go)
+    with pytest.raises(DeclarationError, match=r"applied twice to .*go"):
+        transition(frm="b", to="c", column="state")(once)

@@ -343,3 +343,54 @@ def test_an_action_is_frozen() -> None:
     assert isinstance(action, Action)
     with pytest.raises(AttributeError):
         action.allowed = False  # type: ignore[misc]
+
+
+def test_actions_and_transitions_are_hashable_whatever_the_defaults_and_meta() -> None:
+    class Tagged:
+        state = "a"
+
+        @transition(frm="a", to="b", column="state", meta={"tags": ["x"]})
+        def go(self, tags: list[str] = []) -> None:  # noqa: B006 - an unhashable default
+            pass
+
+    found = actions(Tagged())
+    assert len({*found, *actions(Tagged())}) == 1
+    assert {transitions(Tagged)[0]} == {found[0].transition}
+
+
+def test_an_error_with_a_reason_of_its_own_is_a_409() -> None:
+    error = litestate.TransitionError(Order(), "ship", "cart", "shipped", "status", "custom")
+    assert error.http_status == 409
+
+
+def test_a_plain_objects_id_that_is_no_value_is_no_record_id(
+        durations: list[tuple[str, Any]]) -> None:
+    @state_column("state")
+    class Gate:
+        state = "closed"
+
+        @property
+        def id(self) -> int:
+            raise RuntimeError("no id yet")
+
+        @transition(frm="closed", to="open")
+        def open(self) -> None:
+            pass
+
+    class Door(Gate):
+        def id(self) -> int:  # type: ignore[override]
+            return 1
+
+    for cls in (Gate, Door):
+        gate = cls()
+        gate.open()
+        with pytest.raises(InvalidStateError) as info:
+            gate.open()
+        assert str(info.value).startswith(f"cannot open() {cls.__name__}: state is 'open'")
+        assert info.value.as_dict()["from_state"] == "open"
+    assert _positive(durations) == ["succeeded", "invalid"] * 2
+
+
+def test_can_transition_with_an_event_that_is_no_name_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="no transition"):
+        litestate.can_transition(Order(), ["place"])  # type: ignore[arg-type]
