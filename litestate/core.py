@@ -603,12 +603,10 @@ def _specs_of(cls: type) -> dict[str, _Spec]:
                 raise DeclarationError(
                     f"{cls.__name__}.{name}: a transition assigned after the class was "
                     "created; declare it in the class body")
-            wrapper: Any = value
-            if isinstance(wrapper, staticmethod | classmethod) and \
-                    isinstance(wrapper.__func__, _Declared):
+            if isinstance(getattr(value, "__func__", None), _Declared):  # under @staticmethod
                 raise DeclarationError(
                     f"{cls.__name__}.{name}: a transition is a method of the instance; "
-                    f"remove @{type(wrapper).__name__}")
+                    f"remove @{type(value).__name__}")
             if not isinstance(spec, _Spec):
                 specs.pop(name, None)  # overridden by something that is not a transition
             elif spec.event == name:  # else an alias (`other = start`): the same event
