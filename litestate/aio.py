@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import object_session
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import InstanceState, object_session
 
 from litestate import _sqla, core
 
@@ -52,11 +54,14 @@ def call(method: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Coroutine[
 
 
 async def fire(obj: object, event: str, /, *args: Any, **kwargs: Any) -> Any:
-    """:func:`litestate.fire` from async code: the transition named ``event``."""
-    result = await _sqla.greenlet_spawn(core.fire, obj, event, *args, **kwargs)
-    if inspect.iscoroutine(result):  # an async transition: fire() only made its coroutine
-        return await result
-    return result
+    """:func:`litestate.fire` from async code: the transition named ``event``, returning
+    what it returns."""
+    plans = core._machine_of_instance(obj).plans  # pyright: ignore[reportPrivateUsage]
+    plan = plans.get(event) if isinstance(event, str) else None  # pyright: ignore[reportUnnecessaryIsInstance]
+    spec = None if plan is None else plan.spec
+    if spec is not None and inspect.iscoroutinefunction(spec.fn):
+        return await core.fire(obj, event, *args, **kwargs)
+    return await _sqla.greenlet_spawn(core.fire, obj, event, *args, **kwargs)
 
 
 async def can_transition(obj: object, event: str, /, *args: Any, **kwargs: Any) -> bool:
@@ -112,18 +117,48 @@ def awaiting_receiver(receiver: Callable[..., Any]) -> Callable[..., Any]:
 
     def receive(sender: Any, **payload: Any) -> Any:
         if not _sqla.in_greenlet():
-            raise TypeError(
-                f"the async receiver {name} heard {payload.get('event')}() of "
-                f"{getattr(sender, '__name__', sender)} outside asyncio: async receivers are "
-                "awaited only for transitions run under an AsyncSession or litestate.aio; "
-                "connect a plain def for sync sessions")
-        return _sqla.await_only(receiver(sender, **payload))
+            raise TypeError(_outside_asyncio(name, sender, payload))
+        return _awaited_here(receiver(sender, **payload))
 
     return receive
 
 
+def await_result(receiver: Callable[..., Any], result: Any) -> Any:
+    """The awaitable a plain receiver returned (a lambda or an object with an async
+    ``__call__``): awaited in the bridge; outside it, closed and refused."""
+    if not _sqla.in_greenlet():
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # no "never awaited" warning: it is reported here
+        raise TypeError(_outside_asyncio(getattr(receiver, "__qualname__", repr(receiver)),
+                                         None, {}))
+    return _awaited_here(result)
+
+
+def _outside_asyncio(name: str, sender: Any, payload: dict[str, Any]) -> str:
+    heard = f" heard {payload['event']}() of {getattr(sender, '__name__', sender)}" \
+        if "event" in payload else ""
+    return (f"the async receiver {name}{heard} outside asyncio: async receivers are awaited "
+            "only for transitions run under an AsyncSession or litestate.aio; connect a "
+            "plain def for sync sessions")
+
+
+def _awaited_here(awaitable: Any) -> Any:
+    """Await from the bridge; an error raised while another is handled (a failed
+    receiver's, during the body's) keeps that one as its ``__context__``, as it would
+    in sync code: the event loop side where the coroutine ran knew nothing of it."""
+    handling = sys.exc_info()[1]
+    try:
+        return _sqla.await_only(awaitable)
+    except BaseException as exc:
+        if handling is not None and exc is not handling and exc.__context__ is None:
+            exc.__context__ = handling
+        raise
+
+
 def _awaiting_body(body: Callable[..., Any]) -> Callable[..., Any]:
     def run(obj: object, *args: Any, **kwargs: Any) -> Any:
+        _load_expired(obj)
         return _sqla.await_only(body(obj, *args, **kwargs))
 
     return run
@@ -134,6 +169,8 @@ def _awaiting_guard(event: str, label: str, guard: Callable[..., object]
     """A guard of an async transition: its awaitable result is awaited, in the bridge."""
 
     def ask(obj: object, *args: Any, **kwargs: Any) -> object:
+        if _sqla.in_greenlet():
+            _load_expired(obj)
         answer: Any = guard(obj, *args, **kwargs)
         if not inspect.isawaitable(answer):
             return answer
@@ -146,6 +183,18 @@ def _awaiting_guard(event: str, label: str, guard: Callable[..., object]
         return _sqla.await_only(answer)
 
     return ask
+
+
+def _load_expired(obj: object) -> None:
+    """Load the object's expired attributes, here in the bridge, before an async guard or
+    body reads them. A coroutine runs outside the bridge, where the load a sync guard or
+    body would do on first read raises MissingGreenlet; a failed transition's rollback,
+    for one, leaves every attribute but the state expired. (A lazy relationship is not
+    loaded: as anywhere under asyncio, load it eagerly or with ``awaitable_attrs``.)"""
+    state = sa_inspect(obj, raiseerr=False)
+    if isinstance(state, InstanceState) and state.expired_attributes and \
+            state.session is not None:
+        getattr(obj, next(iter(state.expired_attributes)))  # loads every expired column
 
 
 def _refuse_a_sync_session(plan: core._Plan, obj: object) -> None:  # pyright: ignore[reportPrivateUsage]

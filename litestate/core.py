@@ -1334,8 +1334,8 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             stamped = True
         result = None if plan.fn is None else plan.fn(obj, *args, **kwargs)
         if transition_succeeded.receivers:
-            transition_succeeded.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                      duration=_elapsed(), _async_wrapper=_awaiting)
+            _send(transition_succeeded, obj.__class__,
+                  **_payload(plan, obj, current, args, kwargs), duration=_elapsed())
     except BaseException as exc:
         if wrote:
             setattr(obj, column, current)
@@ -1456,11 +1456,13 @@ class _Firing:
 
 def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _outside_the_bridge(plan, session):
-        raise sa_exc.MissingGreenlet(
-            f"{plan.event}() on {_describe(obj)}: its session belongs to an AsyncSession, "
-            f"whose SQL must be awaited: use `await litestate.aio.call(obj.{plan.event}, "
-            "...)`; nothing was sent")
+    if _is_async(plan, session):
+        return _fire_in_task(plan, obj, state, session, args, kwargs)
+    return _fire_steps(plan, obj, state, session, args, kwargs)
+
+
+def _fire_steps(plan: _Plan, obj: Any, state: Any, session: Session,
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     _settle(plan, obj, state, session, args, kwargs)
     if plan.lock:
         _lock(plan, obj, state, session, args, kwargs)
@@ -1481,15 +1483,47 @@ def _fire_in_session(plan: _Plan, obj: Any, state: Any, session: Session,
     return _atomic_section(_Firing(plan, obj, state, session, current, args, kwargs))
 
 
-def _outside_the_bridge(plan: _Plan, session: Session) -> bool:
-    """An AsyncSession's session, called from plain sync code: its first SQL would fail."""
+def _is_async(plan: _Plan, session: Session) -> bool:
+    """Whether the session's SQL goes through an async driver (an AsyncSession's)."""
     bind: Any = session.bind
     if bind is None:
         try:
             bind = session.get_bind(**plan.bind)
         except sa_exc.UnboundExecutionError:
             return False
-    return bool(bind.dialect.is_async) and not _sqla.in_greenlet()
+    return bool(bind.dialect.is_async)
+
+
+_RUNNING = "litestate.running"  # session.info: {asyncio task: transitions it is running}
+
+
+def _fire_in_task(plan: _Plan, obj: Any, state: Any, session: Session,
+                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """An AsyncSession's transition: from inside the bridge, and from one task at a time.
+    Two tasks' sections on one session would interleave on its one connection, each
+    SAVEPOINT closing the other's; a transition of the same task (a body's) nests."""
+    if not _sqla.in_greenlet():
+        raise sa_exc.MissingGreenlet(
+            f"{plan.event}() on {_describe(obj)}: its session belongs to an AsyncSession, "
+            f"whose SQL must be awaited: use `await litestate.aio.call(obj.{plan.event}, "
+            "...)`; nothing was sent")
+    import asyncio
+
+    task = asyncio.current_task()
+    running: dict[Any, int] = session.info.setdefault(_RUNNING, {})
+    if any(other is not task for other in running):
+        raise sa_exc.InvalidRequestError(
+            f"{plan.event}() on {_describe(obj)}: another task is running a transition on "
+            "this AsyncSession, which is not safe for concurrent tasks; give each task a "
+            "session of its own. Nothing was sent")
+    running[task] = running.get(task, 0) + 1
+    try:
+        return _fire_steps(plan, obj, state, session, args, kwargs)
+    finally:
+        if running[task] == 1:
+            del running[task]
+        else:
+            running[task] -= 1
 
 
 def _settle(plan: _Plan, obj: Any, state: Any, session: Session, args: tuple[Any, ...],
@@ -1632,8 +1666,7 @@ def _run_body(f: _Firing) -> None:
         _check_still_open(f)
         f.session.flush()
     if transition_succeeded.receivers:
-        transition_succeeded.send(f.obj.__class__, **f.payload(), duration=_elapsed(),
-                                  _async_wrapper=_awaiting)
+        _send(transition_succeeded, f.obj.__class__, **f.payload(), duration=_elapsed())
 
 
 def _close_savepoint(f: _Firing) -> None:
@@ -1727,9 +1760,8 @@ def _refuse(plan: _Plan, obj: Any, current: Any, reason: str, detail: str,
     error = _ERRORS[reason](obj, plan.event, current, plan.to, plan.column, reason, detail)
     if transition_invalid.receivers:
         try:
-            transition_invalid.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                    reason=reason, error=error, duration=_elapsed(),
-                                    _async_wrapper=_awaiting)
+            _send(transition_invalid, obj.__class__, **_payload(plan, obj, current, args, kwargs),
+                  reason=reason, error=error, duration=_elapsed())
         except Exception as exc:
             exc.add_note(f"raised by a transition_invalid receiver while refusing: {error}")
             raise
@@ -1740,12 +1772,26 @@ def _failed(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
             kwargs: dict[str, Any], exc: BaseException) -> None:
     if transition_failed.receivers:
         try:
-            transition_failed.send(obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                                   error=exc, duration=_elapsed(), _async_wrapper=_awaiting)
+            _send(transition_failed, obj.__class__, **_payload(plan, obj, current, args, kwargs),
+                  error=exc, duration=_elapsed())
         except Exception as receiver_exc:
             receiver_exc.add_note(
                 f"raised by a transition_failed receiver while reporting: {exc!r}")
             raise
+
+
+def _send(signal: Any, sender: type, **payload: Any) -> None:
+    """``signal.send``, with ``async def`` receivers awaited (or refused) and any other
+    receiver's awaitable result too: a coroutine is never dropped unawaited."""
+    for receiver, result in signal.send(sender, _async_wrapper=_awaiting, **payload):
+        if inspect.isawaitable(result):
+            _awaiting_result(receiver, result)
+
+
+def _awaiting_result(receiver: Callable[..., Any], result: Any) -> None:
+    from litestate import aio
+
+    aio.await_result(receiver, result)
 
 
 def _awaiting(receiver: Callable[..., Any]) -> Callable[..., Any]:
@@ -1962,14 +2008,16 @@ def _connection_rollback_savepoint(conn: sa.Connection, name: str, context: Any)
 def _send_committed(ready: list[tuple[type, dict[str, Any]]]) -> None:
     """Every receiver hears every committed transition (blinker's send() would stop at
     the first receiver that raises); then the first receiver error, if any, propagates."""
-    errors: list[Exception] = []
+    errors: list[BaseException] = []
     for sender, payload in ready:
         for receiver in transition_committed.receivers_for(sender):
             try:
                 if inspect.iscoroutinefunction(receiver):
                     receiver = _awaiting(receiver)
-                receiver(sender, **payload)
-            except Exception as exc:
+                result = receiver(sender, **payload)
+                if inspect.isawaitable(result):
+                    _awaiting_result(receiver, result)
+            except BaseException as exc:  # a cancelled receiver too: the others still hear
                 errors.append(exc)
     if errors:
         for other in errors[1:]:
