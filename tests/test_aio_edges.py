@@ -316,3 +316,22 @@ def test_a_cancelled_committed_receiver_does_not_stop_the_others(url: str) -> No
     finally:
         litestate.transition_committed.disconnect(slow)
     assert sorted(heard) == [1, 2]
+
+
+def test_aiosqlite_without_enable_savepoints_keeps_the_callers_transaction(url: str) -> None:
+    """pysqlite's legacy transaction handling (which aiosqlite wraps) sends no BEGIN
+    before a SAVEPOINT, whose RELEASE would then commit: litestate begins one first."""
+
+    async def main() -> list[tuple[Any, ...]]:
+        engine = create_async_engine(url)  # no enable_savepoints
+        (job_id,) = await jobs(engine, 1)
+        async with AsyncSession(engine) as session:
+            job = await session.get(Job, job_id)
+            assert job is not None
+            assert await job.run() == "ok"  # a body: SAVEPOINT ... RELEASE
+            await session.rollback()
+        found = await rows(engine)
+        await engine.dispose()
+        return found
+
+    assert run(main()) == [(1, "new", "")]

@@ -469,6 +469,7 @@ def test_a_generator_body_is_refused_by_name(body: Callable[[Any], Any]) -> None
     with pytest.raises(DeclarationError) as info:
         decorate(body)
     assert body.__qualname__ in str(info.value), str(info.value)
+    assert str(info.value).endswith("use a plain def or an async def")
 
 
 def test_an_async_body_declares_an_async_transition() -> None:
