@@ -20,14 +20,19 @@ The marker names the target, then ``format=dot`` and ``column=C`` when those opt
 given. A class with several state columns, drawn without ``--column``, has one block per
 column, each marker naming its column. ``--check`` exits 1 when a block is missing or
 stale, saying which and how to regenerate it; ``--write`` rewrites the blocks in place (a
-marker with no block under it gets one). A bad target, an import that fails, a class
-without transitions or a file that cannot be read exit 2, with a message, not a traceback.
+marker with no block under it gets one). Nothing else in the file changes: its line
+endings (LF or CRLF) are kept, and the block is written with the marker line's. A marker
+may be indented (in a Markdown list item, say): a new block is written at its indentation,
+and a block already under it is rewritten at the indentation its fence has. A bad target,
+an import that fails (or exits), a class without transitions or a file that cannot be read
+exit 2, with a message, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -129,9 +134,11 @@ def _load(target: str) -> object:
         raise _Failure(USAGE, f"{target!r} is not a target: write package.module:Model")
     try:
         found: object = importlib.import_module(module_name)
-    except Exception as exc:  # whatever importing the user's module raises
-        raise _Failure(USAGE, f"cannot import {module_name}: {type(exc).__name__}: {exc}"
-                       ) from None
+    # Whatever importing the user's module raises, a sys.exit() included; not ^C.
+    except (Exception, SystemExit) as exc:
+        error = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+            f"{type(exc).__name__}: {exc}"
+        raise _Failure(USAGE, f"cannot import {module_name}: {error}") from None
     for part in qualname.split("."):
         try:
             found = getattr(found, part)
@@ -195,7 +202,7 @@ def _regenerate(request: _Request, path: Path) -> str:
 
 
 def _check(request: _Request, path: Path, blocks: list[_Block]) -> int:
-    lines = _read(path).splitlines(keepends=True)
+    lines = _lines(_read(path))
     command = _regenerate(request, path)
     problems: list[str] = []
     for block in blocks:
@@ -203,79 +210,126 @@ def _check(request: _Request, path: Path, blocks: list[_Block]) -> int:
         if not places:
             problems.append(f"{path}: no diagram block {block.marker}; add that line where the "
                             f"diagram goes, then run: {command}")
-        for start, end in places:
-            if end is None:
-                problems.append(f"{path}:{start + 1}: {block.marker} is not followed by a "
-                                f"fenced diagram; write it with: {command}")
-            elif _text(lines[start + 1:end]) != block.fenced:
-                problems.append(f"{path}:{start + 1}: the diagram under {block.marker} is "
-                                f"stale; regenerate it with: {command}")
+        for place in places:
+            if place.end is None:
+                problems.append(f"{path}:{place.marker + 1}: {block.marker} is not followed by "
+                                f"a fenced diagram; write it with: {command}")
+            elif not place.holds(lines, block):
+                problems.append(f"{path}:{place.marker + 1}: the diagram under {block.marker} "
+                                f"is stale; regenerate it with: {command}")
     for problem in problems:
         print(f"litestate: {problem}", file=sys.stderr)
     return STALE if problems else 0
 
 
 def _write(request: _Request, path: Path, blocks: list[_Block]) -> int:
-    lines = _read(path).splitlines(keepends=True)
-    edits: list[tuple[int, int, _Block]] = []  # lines[start:end] become the block
+    lines = _lines(_read(path))
+    edits: list[tuple[_Place, _Block]] = []  # the lines under place.marker become the block
     missing: list[_Block] = []
     for block in blocks:
         places = _places(lines, block.marker)
         if not places:
             missing.append(block)
-        for start, end in places:
-            region = lines[start + 1:end] if end is not None else []
-            if _text(region) != block.fenced:
-                edits.append((start + 1, start + 1 if end is None else end, block))
-    for start, end, block in sorted(edits, key=lambda edit: edit[0], reverse=True):
-        if start > 0 and not lines[start - 1].endswith("\n"):
-            lines[start - 1] += "\n"
-        lines[start:end] = block.fenced.splitlines(keepends=True)
+        edits += [(place, block) for place in places if not place.holds(lines, block)]
+    for place, block in sorted(edits, key=lambda edit: edit[0].marker, reverse=True):
+        newline = _newline(lines, place.marker)
+        if not _ending(lines[place.marker]):  # the marker ends the file
+            lines[place.marker] += newline
+        start = place.marker + 1
+        lines[start:start if place.end is None else place.end] = [
+            line + newline for line in place.indented(block)]
     if edits:
         _save(path, "".join(lines))
-    for start, _, block in sorted(edits, key=lambda edit: edit[0]):
-        print(f"updated {path}:{start}: {block.marker}")
+    for place, block in sorted(edits, key=lambda edit: edit[0].marker):
+        print(f"updated {path}:{place.marker + 1}: {block.marker}")
     for block in missing:
         print(f"litestate: {path}: no line {block.marker}; add it where the diagram goes, "
               "then run this again", file=sys.stderr)
     return STALE if missing else 0
 
 
-def _places(lines: list[str], marker: str) -> list[tuple[int, int | None]]:
-    """Each line holding ``marker``, and the end of the fenced block right under it
-    (``None``: no block follows)."""
-    found: list[tuple[int, int | None]] = []
+class _Place(NamedTuple):
+    """Where a file holds a marker: its line, the end of the fenced block right under it
+    (``None``: no block follows), and the block's indentation (that of its fence, else the
+    marker's)."""
+
+    marker: int
+    end: int | None
+    indent: str
+
+    def indented(self, block: _Block) -> list[str]:
+        """The block's lines (without line endings) as written under this marker."""
+        lines = block.fenced.removesuffix("\n").split("\n")  # not at a U+2028 in a label
+        return [self.indent + line if line else line for line in lines]
+
+    def holds(self, lines: list[str], block: _Block) -> bool:
+        """Whether the fenced block under the marker is ``block``, line endings aside."""
+        if self.end is None:
+            return False
+        found = [line[:len(line) - len(_ending(line))]
+                 for line in lines[self.marker + 1:self.end]]
+        return found == self.indented(block)
+
+
+def _places(lines: list[str], marker: str) -> list[_Place]:
+    """Each line holding ``marker`` (alone, perhaps indented), and the block under it."""
+    found: list[_Place] = []
     for i, line in enumerate(lines):
         if line.strip() == marker:
-            found.append((i, _fence_end(lines, i + 1)))
+            fence = lines[i + 1] if i + 1 < len(lines) else ""
+            end = _fence_end(lines, i + 1, _indent(fence))
+            found.append(_Place(i, end, _indent(line if end is None else fence)))
     return found
 
 
-def _fence_end(lines: list[str], start: int) -> int | None:
-    """The line after the fenced block opening at ``lines[start]``, if one does."""
-    if start >= len(lines) or not lines[start].startswith("```"):
+def _indent(line: str) -> str:
+    return line[:len(line) - len(line.lstrip())]
+
+
+def _fence_end(lines: list[str], start: int, indent: str) -> int | None:
+    """The line after the fenced block opening at ``lines[start]`` with ``indent``, if one
+    does (its closing fence has the same indentation)."""
+    if start >= len(lines) or not lines[start].startswith(indent + "```"):
         return None
     for i in range(start + 1, len(lines)):
-        if lines[i].rstrip() == "```":
+        line = lines[i]
+        if line.startswith(indent) and line[len(indent):].rstrip() == "```":
             return i + 1
     return None
 
 
-def _text(lines: list[str]) -> str:
-    text = "".join(lines)
-    return text if not text or text.endswith("\n") else text + "\n"
+#: A line and its ending; only these three end a line here (str.splitlines() would also
+#: split at a form feed or U+2028, which a file may hold inside a line).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _lines(text: str) -> list[str]:
+    """The file's lines, each with its own line ending (the last perhaps without)."""
+    return _LINE.findall(text)
+
+
+def _ending(line: str) -> str:
+    return line[len(line.rstrip("\r\n")):]
+
+
+def _newline(lines: list[str], i: int) -> str:
+    """The line ending to write under ``lines[i]``: its own, else the file's first, else
+    LF."""
+    return _ending(lines[i]) or next((e for e in map(_ending, lines) if e), "\n")
 
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8", newline="") as file:  # "\r\n" stays as it is
+            return file.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise _Failure(USAGE, f"cannot read {path}: {exc}") from None
 
 
 def _save(path: Path, text: str) -> None:
     try:
-        path.write_text(text, encoding="utf-8")
+        with path.open("w", encoding="utf-8", newline="") as file:  # no "\n" translated
+            file.write(text)
     except OSError as exc:
         raise _Failure(USAGE, f"cannot write {path}: {exc}") from None
 

@@ -19,7 +19,8 @@ What is drawn, for each state column:
 - one arrow per transition and state it starts from, labelled with the event and its
   guards' labels (``pay [is_funded]``); a transition from ``"*"`` is one arrow from a
   single "any state" node;
-- for an instance, its current state, highlighted.
+- for an instance, its current state, highlighted; none when its row is gone (deleted in
+  its session, or by someone else since it was loaded).
 
 A state is shown as the column holds it; an ``enum.Enum`` member by its value if that is a
 string, else by its name. States are listed in the order the declarations first name them
@@ -30,7 +31,12 @@ the ``Enum`` column's other values: equal declarations give equal text.
 Several state columns give several diagrams, in declaration order, separated by a blank
 line; ``column=`` picks one (Mermaid draws one diagram per code block).
 
-Only the public description is read: no private plan, no SQL.
+A class's diagram reads only the public description and sends no SQL. An instance's
+current state is read as the probes (``available_transitions``) read it: an attribute that
+is loaded, or the default of an object not yet saved, costs nothing, while an expired one is
+loaded (one SELECT, as reading the attribute would send); a detached object whose state is
+not loaded is a ``DetachedInstanceError`` saying so. Draw the class for a diagram that
+never touches the database.
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ from typing import Any, Literal, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.exc import DetachedInstanceError
 
+from litestate import core
 from litestate.core import Transition, transitions
 
 __all__ = ["Format", "diagram"]
@@ -78,6 +86,9 @@ def diagram(cls_or_obj: object, *, format: Format = "mermaid", column: str | Non
     ``column`` picks one state column; by default each gets a diagram, in declaration
     order, separated by a blank line. A class without transitions is a ``TypeError``; an
     unknown format or column a ``ValueError``.
+
+    A class's diagram sends no SQL; an instance's may load its expired state (see the
+    module docstring).
     """
     write = _writer(format)
     obj = None if isinstance(cls_or_obj, type) else cls_or_obj
@@ -115,7 +126,7 @@ def _chart(cls: type, obj: object, column: str, declared: Sequence[Transition]) 
     col = _state_column(cls, column)
     type_ = None if col is None else col.type
     initial = _initial_state(cls, column, col)
-    current = None if obj is None else _current_state(obj, column, type_, initial)
+    current = None if obj is None else _current_state(obj, column, type_)
     states = _ordered_states(declared, initial, _enum_values(type_), current)
     number = {state: i for i, state in enumerate(states)}
     edges = [_Edge(None if source is None else number[source], number[t.to], _edge_label(t))
@@ -195,13 +206,21 @@ def _enum_values(type_: Any) -> list[Any]:
 
 
 def _initial_state(cls: type, column: str, col: Any) -> Any:
-    """The state a new object starts in, when the class says: a scalar column default, a
-    dataclass field default, or a class attribute; else ``None``."""
+    """The state a new object starts in, in the column's form; ``None`` if the class does
+    not say."""
+    value = _default_state(cls, column)
+    return value if value is None or col is None else _as_held(value, col.type)
+
+
+def _default_state(cls: type, column: str) -> Any:
+    """The state a new object starts in, as the class spells it: a mapped column's scalar
+    default, else a dataclass field's default or a class attribute that is a state; else
+    ``None``. (``litestate.testing.force_state`` accepts it too.)"""
+    col = _state_column(cls, column)
     if col is not None:
         default = col.default
-        if default is None or not getattr(default, "is_scalar", False):
-            return None
-        return _as_held(default.arg, col.type)
+        return default.arg if default is not None and getattr(default, "is_scalar", False) \
+            else None
     value = _dataclass_default(cls, column)
     if value is None:
         value = inspect.getattr_static(cls, column, None)
@@ -215,11 +234,24 @@ def _dataclass_default(cls: type, column: str) -> Any:
     return None if field is None or field.default is dataclasses.MISSING else field.default
 
 
-def _current_state(obj: object, column: str, type_: Any, initial: Any) -> Any:
-    """The state the object is in, read as a transition reads it: an unset state of an
-    object not yet saved is the column's default."""
-    current = getattr(obj, column, None)
-    return initial if current is None else _as_held(current, type_)
+def _current_state(obj: object, column: str, type_: Any) -> Any:
+    """The state the object is in, read as the probes read it (an unset state of an object
+    not yet saved is the column's default); ``None`` if its row is gone."""
+    machine = core._machine_of_instance(obj)  # pyright: ignore[reportPrivateUsage]
+    plan = next(p for p in machine.plans.values() if p.column == column)
+    if machine.mapped and core._deleted_in_session(obj):  # pyright: ignore[reportPrivateUsage]
+        return None
+    try:
+        current = core._read_for_probe(plan, obj)  # pyright: ignore[reportPrivateUsage]
+    except DetachedInstanceError:
+        name = type(obj).__name__
+        key: Any = sa.inspect(obj).identity  # the primary key it was loaded with
+        key = key[0] if key is not None and len(key) == 1 else key
+        raise DetachedInstanceError(
+            f"cannot draw the current state of {name} {key!r}: it is detached from its "
+            f"session and its {column} is not loaded; merge() it into a session first, or "
+            f"draw the class {name}") from None
+    return None if current is None else _as_held(current, type_)
 
 
 def _as_held(value: Any, type_: Any) -> Any:

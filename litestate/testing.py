@@ -26,13 +26,16 @@ queue the committed signal.
 **capture_signals(*, sender=None)** records the four signals sent inside the block, in
 order, as :class:`Signal` records in a :class:`Signals` sequence (``.of(name)``,
 ``.events(name)``, ``.names()``, ``.clear()``). Names are ``"succeeded"``, ``"invalid"``,
-``"failed"`` and ``"committed"``. Its receivers are held strongly while the block runs and
-disconnected when it ends, however it ends. Every keyword sent is kept in
-``Signal.payload``, keys added by later litestate versions included.
+``"failed"`` and ``"committed"``. Its receivers are global: every thread's transitions are
+recorded while the block runs (``sender=`` narrows it to one model class). They are held
+strongly while the block runs and disconnected when it ends, however it ends. Every
+keyword sent is kept in ``Signal.payload``, keys added by later litestate versions
+included.
 
 **assert_transitions(cls, {event: (frm, to)}, *, column=None)** asserts the exact table
 of ``litestate.transitions(cls)``: ``frm`` is a state, a tuple (or any iterable) of states,
-or ``"*"``. States are written as in declarations (a string, an ``Enum`` member, its
+or ``"*"`` alone (as in ``@transition``, ``"*"`` among states, or no state, is a
+``ValueError``). States are written as in declarations (a string, an ``Enum`` member, its
 name or its value) and compared as the column holds them. A difference raises
 ``AssertionError`` listing each missing, extra and different transition, then the table
 as declared. ``column=`` restricts both sides to the transitions on that column.
@@ -41,8 +44,9 @@ as declared. ``column=`` restricts both sides to the transitions on that column.
 timestamps, and returns ``obj``: an ordinary attribute set, so a flush writes it. The
 state is converted to the column's form (an ``Enum`` column takes a member, its name or
 its value). The column defaults to the class's ``@state_column``; a state the column
-cannot hold (outside its ``Enum``, or, for other columns, never named by the class's
-transitions on it) is a ``ValueError`` naming the states it can.
+cannot hold (outside its ``Enum``, or, for other columns, neither named by the class's
+transitions on it nor the state a new object starts in, the initial state ``diagram()``
+draws) is a ``ValueError`` naming the states it can.
 
 **frozen_clock(now)** makes every transition timestamp ``now`` until the block ends (the
 previous clock is restored, however it ends); the :class:`FrozenClock` it yields moves
@@ -76,7 +80,6 @@ from typing import Any, Literal, TypeVar, cast, overload
 
 import blinker
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapper
 
 from litestate import core
 from litestate.core import (
@@ -87,6 +90,10 @@ from litestate.core import (
     transition_invalid,
     transition_succeeded,
     transitions,
+)
+from litestate.diagram import (
+    _default_state,  # pyright: ignore[reportPrivateUsage]
+    _state_column,  # pyright: ignore[reportPrivateUsage]
 )
 
 __all__ = [
@@ -231,8 +238,11 @@ def capture_signals(*, sender: Any = None) -> Generator[Signals, None, None]:
     """Record every litestate signal sent inside the block (only ``sender``'s, if given:
     blinker compares senders by identity, so a subclass's objects are not its parent's).
 
-    The receivers are held strongly while the block runs (blinker's default is weak) and
-    are disconnected when it ends, however it ends.
+    The receivers are global, so a transition of any thread is recorded while the block
+    runs (a test's server thread's, say, but also another test's running at the same
+    time); ``sender=`` narrows the capture to one model class. The receivers are held
+    strongly while the block runs (blinker's default is weak) and are disconnected when it
+    ends, however it ends.
     """
     log: list[Signal] = []
     with contextlib.ExitStack() as stack:
@@ -370,7 +380,16 @@ def _expected_row(cls: type, event: str, row: object, column: str | None) -> _Ro
     convert = form.convert if form is not None else _as_written
     if isinstance(frm, str) and frm == "*":
         return None, convert(to)
-    return frozenset(convert(state) for state in _each_state(frm)), convert(to)
+    # Refused as @transition(frm=...) refuses them (a "*" among states would also print
+    # as "*" itself in the differences).
+    states = _each_state(frm)
+    if any(isinstance(state, str) and state == "*" for state in states):
+        raise ValueError(f"assert_transitions: {event!r} starts from {frm!r}: '*' means any "
+                         "state and is written alone, not among states")
+    if not states:
+        raise ValueError(f"assert_transitions: {event!r} starts from {frm!r}: name at least "
+                         "one state, or '*'")
+    return frozenset(convert(state) for state in states), convert(to)
 
 
 def _each_state(frm: object) -> tuple[Any, ...]:
@@ -453,7 +472,9 @@ class _StateColumn:
     declared: tuple[Any, ...]
     #: For a mapped column, its type; ``None`` for a plain class's attribute.
     type: Any
-    #: A mapped column's scalar default, or ``None``.
+    #: The state a new object starts in, as the class spells it (a mapped column's scalar
+    #: default, a dataclass field's default or a class attribute), or ``None``: what
+    #: ``diagram()`` draws as the initial state.
     default: Any
 
     @classmethod
@@ -464,10 +485,9 @@ class _StateColumn:
             raise ValueError(f"{owner.__name__}.{name} is not a state column; its state "
                              f"columns are {_columns_of(every)}")
         declared = [state for t in on_column for state in (*_sorted(t.frm), t.to)]
-        column = _mapped_column(owner, name)
-        default = None if column is None else _scalar_default(column)
+        column = _state_column(owner, name)
         return cls(owner, name, tuple(dict.fromkeys(declared)),
-                   None if column is None else column.type, default)
+                   None if column is None else column.type, _default_state(owner, name))
 
     def convert(self, state: Any) -> Any:
         """``state`` as the column holds it; unchanged if it is none of its states."""
@@ -509,21 +529,6 @@ class _StateColumn:
 
 def _sorted(frm: frozenset[Any] | None) -> list[Any]:
     return [] if frm is None else sorted(frm, key=_state_text)
-
-
-def _mapped_column(owner: type, name: str) -> Any:
-    """The table column behind a mapped class's attribute ``name``, or ``None``."""
-    mapper: object = sa.inspect(owner, raiseerr=False)
-    if not isinstance(mapper, Mapper):
-        return None
-    prop: Any = cast(Any, mapper).column_attrs.get(name)
-    return None if prop is None else prop.columns[0]
-
-
-def _scalar_default(column: Any) -> Any:
-    default = column.default
-    return default.arg if default is not None and getattr(default, "is_scalar", False) \
-        else None
 
 
 def _member_of(type_: sa.Enum, enum_class: type[enum.Enum], state: Any) -> Any:

@@ -168,6 +168,82 @@ def test_write_without_the_marker_fails_saying_where_it_goes(tmp_path: Path) -> 
     assert readme.read_text() == "# Todo\n"
 
 
+def test_write_keeps_the_files_crlf_line_endings(tmp_path: Path) -> None:
+    """Only the block changes, written with the marker line's ending; --check reads it."""
+    readme = tmp_path / "README.md"
+    before, after = b"# Todo\r\n\r\nSome prose.\r\n", b"\r\nThe end.\r\n"
+    stale = block(TODO_MARKER, "stateDiagram-v2\n    old\n").replace("\n", "\r\n")
+    readme.write_bytes(before + stale.encode() + after)
+    done = litestate("diagram", "examples.models:Todo", "--write", readme)
+    assert (done.returncode, done.stderr) == (0, "")
+    current = block(TODO_MARKER, diagram(Todo)).replace("\n", "\r\n")
+    assert readme.read_bytes() == before + current.encode() + after
+    done = litestate("diagram", "examples.models:Todo", "--check", readme)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_write_under_a_last_marker_line_uses_the_files_line_ending(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_bytes(f"Diagrams:\r\n{TODO_MARKER}".encode())
+    assert litestate("diagram", "examples.models:Todo", "--write", readme).returncode == 0
+    current = block(TODO_MARKER, diagram(Todo)).replace("\n", "\r\n")
+    assert readme.read_bytes() == f"Diagrams:\r\n{current}".encode()
+
+
+def test_check_fails_on_a_stale_crlf_block(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    stale = diagram(Todo).replace("    s2 --> s1: reopen\n", "")
+    readme.write_bytes(block(TODO_MARKER, stale).replace("\n", "\r\n").encode())
+    done = litestate("diagram", "examples.models:Todo", "--check", readme)
+    assert done.returncode == 1
+    assert f"{readme}:1: the diagram under {TODO_MARKER} is stale" in done.stderr
+
+
+def indented(text: str, indent: str = "  ") -> str:
+    return "".join(indent + line if line.strip() else line
+                   for line in text.splitlines(keepends=True))
+
+
+def test_an_indented_marker_is_followed_by_its_block_at_the_same_indentation(
+        tmp_path: Path) -> None:
+    """A marker in a Markdown list item: its fence is indented as it is."""
+    readme = tmp_path / "README.md"
+    readme.write_text("- the states:\n\n" + indented(block(TODO_MARKER, diagram(Todo))))
+    done = litestate("diagram", "examples.models:Todo", "--check", readme)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_write_replaces_an_indented_block_in_place_indented(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    before, after = "- the states:\n\n", "\n- more\n"
+    readme.write_text(before + indented(block(TODO_MARKER, "stateDiagram-v2\n    old\n"))
+                      + after)
+    done = litestate("diagram", "examples.models:Todo", "--write", readme)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert readme.read_text() == before + indented(block(TODO_MARKER, diagram(Todo))) + after
+    assert litestate("diagram", "examples.models:Todo", "--check", readme).returncode == 0
+
+
+def test_write_puts_an_indented_block_under_an_indented_marker_alone(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"- the states:\n\n  {TODO_MARKER}\n- more\n")
+    assert litestate("diagram", "examples.models:Todo", "--write", readme).returncode == 0
+    assert readme.read_text() == ("- the states:\n\n" +
+                                  indented(block(TODO_MARKER, diagram(Todo))) + "- more\n")
+
+
+def test_a_block_keeps_the_indentation_its_fence_has(tmp_path: Path) -> None:
+    """An indented marker over an unindented block (as an earlier --write put it there):
+    that is its block, rewritten where it is, not a second one."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"- item\n\n  {block(TODO_MARKER, diagram(Todo))}")
+    assert litestate("diagram", "examples.models:Todo", "--check", readme).returncode == 0
+    stale = block(TODO_MARKER, "stateDiagram-v2\n    old\n")
+    readme.write_text(f"- item\n\n  {stale}")
+    assert litestate("diagram", "examples.models:Todo", "--write", readme).returncode == 0
+    assert readme.read_text() == f"- item\n\n  {block(TODO_MARKER, diagram(Todo))}"
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -195,6 +271,17 @@ def test_a_module_that_fails_to_import_exits_2_with_its_error(tmp_path: Path) ->
     assert done.returncode == 2
     assert "cannot import broken_models: RuntimeError: no database here" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("code", "said"), [("3", "sys.exit(3)"), ("'bye'", "sys.exit('bye')"),
+                                            ("", "sys.exit(None)")])
+def test_a_module_that_exits_while_imported_exits_2_saying_so(tmp_path: Path, code: str,
+                                                               said: str) -> None:
+    (tmp_path / "exiting_models.py").write_text(f"import sys\nsys.exit({code})\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = litestate("diagram", "exiting_models:Todo", env=env)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert f"litestate: cannot import exiting_models: it called {said}\n" == done.stderr
 
 
 def test_an_unknown_column_exits_2_naming_the_columns() -> None:

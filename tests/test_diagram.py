@@ -1,12 +1,13 @@
 """Diagrams: every state, the initial one, one arrow per transition and state it starts
-from, in Mermaid and dot, drawn from the public description alone."""
+from, in Mermaid and dot, drawn from the public description alone; an instance's current
+state, read as the probes read it."""
 
 from __future__ import annotations
 
 import enum
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm.exc import DetachedInstanceError
 
+from examples import models
 from examples.models import PaymentIntent, PaymentStatus, StatutoryRateConfig, Subscription, Todo
 from litestate import state_column, transition
 from litestate.diagram import diagram
@@ -402,6 +405,79 @@ def test_a_current_state_no_declaration_names_is_drawn_too() -> None:
     door.state = "ajar"
     assert diagram(door).splitlines()[4:5] == ['    state "ajar" as s3']
     assert diagram(door).endswith("    class s3 current\n")
+
+
+# -- an instance in a session -------------------------------------------------------------
+
+HIGHLIGHT = "    classDef current"
+
+
+@pytest.fixture
+def saved() -> Iterator[tuple[Session, Todo, list[str]]]:
+    """A Todo saved as "doing", its session (the Todo expired by the commit), and the SQL
+    sent from then on."""
+    engine = sa.create_engine("sqlite://")
+    models.Base.metadata.create_all(engine)
+    sent: list[str] = []
+    with Session(engine) as session:
+        todo = Todo(status="doing")
+        session.add(todo)
+        session.commit()
+
+        @sa.event.listens_for(engine, "before_cursor_execute")
+        def record(*args: Any) -> None:
+            sent.append(args[2])  # the statement
+
+        yield session, todo, sent
+    engine.dispose()
+
+
+def test_an_expired_instance_loads_its_state_with_one_select(
+        saved: tuple[Session, Todo, list[str]]) -> None:
+    _, todo, sent = saved
+    assert diagram(todo).endswith("    class s1 current\n")
+    assert len(sent) == 1
+    assert sent[0].startswith("SELECT")
+    diagram(todo)
+    assert len(sent) == 1  # now loaded
+
+
+def test_an_instance_whose_row_is_gone_has_no_current_state(
+        saved: tuple[Session, Todo, list[str]]) -> None:
+    """Deleted by someone else since it was loaded: drawn as its class is."""
+    session, todo, _ = saved
+    session.connection().execute(sa.text("DELETE FROM todos"))
+    assert diagram(todo) == diagram(Todo)
+
+
+def test_an_instance_deleted_in_its_session_has_no_current_state(
+        saved: tuple[Session, Todo, list[str]]) -> None:
+    session, todo, _ = saved
+    assert HIGHLIGHT in diagram(todo)
+    session.delete(todo)
+    assert diagram(todo) == diagram(Todo)
+    session.flush()
+    assert diagram(todo) == diagram(Todo)
+
+
+def test_a_detached_instance_without_its_state_is_an_error_saying_what_to_do(
+        saved: tuple[Session, Todo, list[str]]) -> None:
+    session, todo, sent = saved
+    session.close()  # detached, its attributes expired by the commit
+    with pytest.raises(DetachedInstanceError) as info:
+        diagram(todo)
+    assert str(info.value).startswith(
+        "cannot draw the current state of Todo 1: it is detached from its session and its "
+        "status is not loaded; merge() it into a session first, or draw the class Todo")
+    assert sent == []
+
+
+def test_a_detached_instance_with_its_state_loaded_is_drawn(
+        saved: tuple[Session, Todo, list[str]]) -> None:
+    session, todo, _ = saved
+    session.refresh(todo)
+    session.close()
+    assert diagram(todo).endswith("    class s1 current\n")
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import enum
 import gc
+import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
 
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session
 
 import litestate
 from litestate import TransitionError, state_column, transition
+from litestate.diagram import diagram
 from litestate.testing import (
     FrozenClock,
     Signal,
@@ -71,6 +74,33 @@ class Robot:
 
 class Plain:
     """A class that declares no transitions."""
+
+
+@state_column("state")
+@dataclass
+class Draft:
+    """A dataclass starting in a state no transition names: its field default."""
+
+    state: str = "draft"
+
+    @transition(frm="*", to="review")
+    def submit(self) -> None:
+        pass
+
+    @transition(frm="review", to="published")
+    def publish(self) -> None:
+        pass
+
+
+@state_column("state")
+class Memo:
+    """A plain class starting in a state no transition names: its class attribute."""
+
+    state = "draft"
+
+    @transition(frm="*", to="review")
+    def submit(self) -> None:
+        pass
 
 
 def new_todo(session: Session) -> Todo:
@@ -170,6 +200,16 @@ def test_receivers_are_disconnected_when_the_block_raises() -> None:
         raise RuntimeError("the test failed")
     lamp.switch_on()
     assert (list(heard), receivers()) == ([], before)
+
+
+def test_a_capture_records_the_transitions_of_every_thread() -> None:
+    """The receivers are global: a server thread's transitions are heard (as another
+    test's would be); sender= narrows it."""
+    with capture_signals() as heard, capture_signals(sender=Robot) as robots:
+        worker = threading.Thread(target=Lamp().switch_on)
+        worker.start()
+        worker.join()
+    assert (heard.events(), robots.events()) == (["switch_on"], [])
 
 
 def test_a_capture_for_one_sender_hears_only_it() -> None:
@@ -336,6 +376,19 @@ def test_a_column_no_transition_uses_is_a_value_error() -> None:
         assert_transitions(Todo, {}, column="stauts")
 
 
+@pytest.mark.parametrize("frm", [("*",), ["pending", "*"], {"*"}])
+def test_a_star_among_states_is_a_value_error_naming_it(frm: Any) -> None:
+    """As @transition(frm=["*"]) is: a bare "*" means any state."""
+    with pytest.raises(ValueError, match=r"'start' starts from .*: '\*' means any state and "
+                                         r"is written alone, not among states"):
+        assert_transitions(Todo, {"start": (frm, "doing")})
+
+
+def test_no_state_at_all_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"'start' starts from \(\): name at least one state"):
+        assert_transitions(Todo, {"start": ((), "doing")})
+
+
 @pytest.mark.parametrize("row", ["pending", ("pending",), ("a", "b", "c")])
 def test_a_row_that_is_not_frm_and_to_is_a_type_error(row: Any) -> None:
     with pytest.raises(TypeError, match="write \\(frm, to\\)"):
@@ -411,6 +464,17 @@ def test_a_state_the_column_cannot_hold_is_a_value_error(obj: object, state: obj
                                                          message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("[", r"\[")):
         force_state(obj, state)
+
+
+@pytest.mark.parametrize("cls", [Draft, Memo], ids=["dataclass", "plain"])
+def test_the_initial_state_a_diagram_draws_can_be_forced(cls: type) -> None:
+    """A dataclass field's or class attribute's default, as a mapped column's default."""
+    assert '    state "draft" as s' in diagram(cls)
+    obj = force_state(cls(), "review")
+    assert force_state(obj, "draft") is obj
+    assert obj.state == "draft"
+    with pytest.raises(ValueError, match=r"cannot hold 'x'; its states are \[.*'draft'\]"):
+        force_state(obj, "x")
 
 
 def test_a_string_enum_column_takes_its_strings() -> None:
