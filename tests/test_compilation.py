@@ -505,3 +505,25 @@ def test_probing_something_without_transitions_is_a_type_error(
         probe: Callable[..., object], args: tuple[Any, ...]) -> None:
     with pytest.raises(TypeError):
         probe(*args)
+
+
+def _generator_guard(self: Any) -> Iterator[bool]:
+    yield True
+
+
+async def _async_generator_guard(self: Any) -> AsyncIterator[bool]:
+    yield True
+
+
+@pytest.mark.parametrize("guards", [[_generator_guard], ["ready", _generator_guard],
+                                    [_async_generator_guard]],
+                         ids=["generator", "after a name", "async generator"])
+def test_a_generator_guard_is_refused_wherever_it_stands(guards: list[Any]) -> None:
+    with pytest.raises(DeclarationError, match="a generator guard cannot be checked"):
+        transition(frm="a", to="b", column="s", guard=guards)
+
+
+def test_transition_state_refuses_an_async_body() -> None:
+    with pytest.raises(DeclarationError, match=r"use a plain def$"):
+        transition_state(object(), event="go", frm="a", to="b", column="s",
+                         body=_async_body)  # type: ignore[arg-type]
