@@ -2,6 +2,7 @@
 
 Usage: python /tmp/mutate.py [--copy /tmp/mut] [--seed 20240611] [--n 200] [--list]
        [--target litestate/aio.py] [--lines 300-420,900-950]   (one module, some lines)
+       [--tests tests/test_aio.py ...]                          (only these tests)
        python /tmp/mutate.py --only ID [ID ...]     (rerun selected mutants)
        python /tmp/mutate.py --show ID              (print the mutant's diff)
 
@@ -105,13 +106,14 @@ def apply(tree: ast.Module, site: tuple[str, int, int, str]) -> ast.Module:
     return ast.fix_missing_locations(tree)
 
 
-def run(copy_root: Path, source: str, timeout: float, module: str
+def run(copy_root: Path, source: str, timeout: float, module: str, tests: list[str]
         ) -> tuple[str, float, str]:
     target = copy_root / module
     target.write_text(source)
     start = time.monotonic()
+    cmd = CMD if not tests else [*CMD[:CMD.index("tests/")], *tests]
     try:
-        proc = subprocess.run(CMD, cwd=copy_root, capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=copy_root, capture_output=True, text=True,
                               timeout=timeout)
         status = "survived" if proc.returncode == 0 else "killed"
         tail = (proc.stdout.strip().splitlines() or [""])[-1]
@@ -132,6 +134,7 @@ def main() -> None:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--target", default="litestate/core.py", help="the module to mutate")
     ap.add_argument("--lines", default="", help="only sites on these lines: 10-40,90-99")
+    ap.add_argument("--tests", nargs="*", default=[], help="test files to run (default: all)")
     ns = ap.parse_args()
     root = Path(ns.copy)
     original = subprocess.run(["git", "show", f"HEAD:{ns.target}"], cwd=root,
@@ -160,7 +163,7 @@ def main() -> None:
     print(f"{len(all_sites)} sites; seed {ns.seed}; running {len(ids)}", flush=True)
     try:
         if not ns.only:
-            status, secs, tail = run(root, baseline, ns.timeout, ns.target)
+            status, secs, tail = run(root, baseline, ns.timeout, ns.target, ns.tests)
             assert status == "survived", f"the unparsed baseline fails: {tail}"
             print(f"baseline passes in {secs:.1f}s", flush=True)
         with open(ns.out, "a") as out:
@@ -170,7 +173,7 @@ def main() -> None:
                 if mutated == baseline:
                     status, secs, tail = "noop", 0.0, ""
                 else:
-                    status, secs, tail = run(root, mutated, ns.timeout, ns.target)
+                    status, secs, tail = run(root, mutated, ns.timeout, ns.target, ns.tests)
                 rec = {"id": i, "site": site[3], "kind": site[0], "status": status,
                        "secs": round(secs, 1), "tail": tail}
                 out.write(json.dumps(rec) + "\n")
