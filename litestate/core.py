@@ -61,7 +61,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSet, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,7 +70,7 @@ from types import MappingProxyType
 from typing import Any, Concatenate, NamedTuple, NoReturn, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
-from blinker import Namespace
+from blinker import NamedSignal, Namespace
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Mapper, QueryableAttribute, Session, SessionTransaction
@@ -128,16 +128,50 @@ Guard = (
     | Callable[[Any, Any, Any, Any], object]
 )
 
+class _ConnectionOrder(MutableSet[Any]):
+    """A receiver-id set in connection order: blinker's ``set_class`` hook (its own
+    ``set`` iterates ids, i.e. memory addresses, in no useful order)."""
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        self._items = dict.fromkeys(items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: Any) -> None:
+        self._items[item] = None
+
+    def discard(self, item: Any) -> None:
+        self._items.pop(item, None)
+
+    def copy(self) -> _ConnectionOrder:
+        return _ConnectionOrder(self._items)
+
+
+class _Signal(NamedSignal):
+    set_class = _ConnectionOrder  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+
+
+def _ordered_signal(name: str) -> _Signal:
+    return cast(_Signal, _signals.setdefault(name, _Signal(name)))
+
+
 _signals = Namespace()
 #: Sent inside the transaction once the state is written, the body ran and was flushed.
-transition_succeeded = _signals.signal("transition-succeeded")
+transition_succeeded = _ordered_signal("transition-succeeded")
 #: Sent when a transition is refused (``reason``: invalid, guard or conflict).
-transition_invalid = _signals.signal("transition-invalid")
+transition_invalid = _ordered_signal("transition-invalid")
 #: Sent when the body, a ``transition_succeeded`` receiver or the write itself failed.
-transition_failed = _signals.signal("transition-failed")
+transition_failed = _ordered_signal("transition-failed")
 #: Sent once the database has committed the transaction holding the write; never after
 #: a rollback of it.
-transition_committed = _signals.signal("transition-committed")
+transition_committed = _ordered_signal("transition-committed")
 
 
 class TransitionError(Exception):
@@ -1371,6 +1405,15 @@ def _read_for_probe(plan: _Plan, obj: Any) -> Any:
     state = instance_state(obj)
     if state.key is None:
         return _unset_state(plan, obj)
+    session = state.session
+    if session is not None and plan.column in state.expired_attributes and \
+            _is_async(plan, session) and not _sqla.in_greenlet():
+        # Before any SQL: the load would fail in the driver, wrapped (StatementError,
+        # DBAPIError) or not, and may leave the driver's coroutines un-awaited.
+        raise sa_exc.MissingGreenlet(
+            f"{plan.column} of {_describe(obj)} is expired and its session is an "
+            "AsyncSession's: ask with `await litestate.aio.can_transition(...)` or "
+            "`await litestate.aio.available_transitions(...)`, which load it")
     try:
         return getattr(obj, plan.column)
     except DetachedInstanceError:
