@@ -394,3 +394,31 @@ def test_a_plain_objects_id_that_is_no_value_is_no_record_id(
 def test_can_transition_with_an_event_that_is_no_name_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="no transition"):
         litestate.can_transition(Order(), ["place"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("only", ["succeeded", "failed", "invalid"])
+def test_one_listened_signal_is_enough_for_its_duration(only: str) -> None:
+    heard: list[Any] = []
+
+    def receive(_sender: Any, **payload: Any) -> None:
+        heard.append(payload["duration"])
+
+    signal = getattr(litestate, f"transition_{only}")
+    signal.connect(receive)
+    try:
+        order = Order()
+        order.place()
+        with pytest.raises(InvalidStateError):
+            order.place()
+
+        class Boom(Order):
+            @transition(frm="placed", to="cancelled")
+            def cancel(self, reason: str = "") -> None:
+                raise RuntimeError(reason)
+
+        with pytest.raises(RuntimeError):
+            Boom(status="placed").cancel()
+    finally:
+        signal.disconnect(receive)
+    assert len(heard) == 1
+    assert isinstance(heard[0], float)
