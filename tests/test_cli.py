@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from examples.models import Subscription, Todo
+from litestate.__main__ import main
 from litestate.diagram import diagram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,16 @@ def test_output_writes_the_diagram_to_a_file(tmp_path: Path) -> None:
     done = litestate("diagram", "examples.models:Todo", "--format", "dot", "-o", out)
     assert (done.returncode, done.stdout) == (0, "")
     assert out.read_text() == diagram(Todo, format="dot")
+
+
+
+def test_main_returns_the_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    """``main()`` returns 0 when it draws, not ``None`` (which ``sys.exit`` reads as 0)."""
+    assert main(["diagram", "examples.models:Todo"]) == 0
+    assert capsys.readouterr().out == diagram(Todo)
+    assert main(["diagram", "examples.models:Todo", "-o", str(tmp_path / "todo.mmd")]) == 0
+    assert (tmp_path / "todo.mmd").read_text() == diagram(Todo)
 
 
 def test_the_text_does_not_depend_on_the_hash_seed() -> None:

@@ -125,6 +125,64 @@ class Bare:
         pass
 
 
+
+@state_column("phase")
+@dataclass(slots=True)
+class Ticket:
+    """A dataclass with slots: no class attribute holds its field default."""
+
+    phase: str = "open"
+
+    @transition(frm="open", to="closed")
+    def close(self) -> None:
+        pass
+
+
+class Power(enum.Enum):
+    off = "Off"
+    on = "On"
+
+
+@state_column("power")
+class Switch:
+    """A plain class whose states are Enum members."""
+
+    def __init__(self) -> None:
+        self.power = Power.off
+
+    @transition(frm=Power.off, to=Power.on)
+    def flip(self) -> None:
+        pass
+
+
+@state_column("status")
+class Memo(Base):
+    """A String column whose default and states are Enum members: held as their values."""
+
+    __tablename__ = "memos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(10), default=Power.off)
+
+    @transition(frm=Power.off, to=Power.on)
+    def flip(self) -> None:
+        pass
+
+
+
+@state_column("state")
+class Seat(Base):
+    """A composite primary key."""
+
+    __tablename__ = "seats"
+    row: Mapped[str] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(primary_key=True)
+    state: Mapped[str] = mapped_column(default="free")
+
+    @transition(frm="free", to="taken")
+    def take(self) -> None:
+        pass
+
+
 @state_column("state")
 class Nothing:
     """A state column and no transitions."""
@@ -371,6 +429,13 @@ def test_without_a_default_there_is_no_initial_state() -> None:
     assert "initial" not in diagram(Bare, format="dot")
 
 
+
+def test_a_slotted_dataclass_starts_in_its_field_default() -> None:
+    assert diagram(Ticket) == ('stateDiagram-v2\n    state "open" as s0\n'
+                               '    state "closed" as s1\n    [*] --> s0\n'
+                               "    s0 --> s1: close\n")
+
+
 # -- an instance --------------------------------------------------------------------------
 
 
@@ -405,6 +470,26 @@ def test_a_current_state_no_declaration_names_is_drawn_too() -> None:
     door.state = "ajar"
     assert diagram(door).splitlines()[4:5] == ['    state "ajar" as s3']
     assert diagram(door).endswith("    class s3 current\n")
+
+
+
+SWITCH = """\
+stateDiagram-v2
+    state "Off" as s0
+    state "On" as s1
+"""
+SWITCHED = """\
+    s0 --> s1: flip
+    classDef current fill:#ffd966,stroke:#7f6000,stroke-width:2px
+    class s0 current
+"""
+
+
+def test_an_enum_member_is_the_current_state_its_declarations_name() -> None:
+    """A plain class's attribute holds the member; a String column's, its value."""
+    assert diagram(Switch()) == SWITCH + SWITCHED
+    assert diagram(Memo()) == SWITCH + "    [*] --> s0\n" + SWITCHED
+    assert diagram(Memo(status="Off")) == SWITCH + "    [*] --> s0\n" + SWITCHED
 
 
 # -- an instance in a session -------------------------------------------------------------
@@ -470,6 +555,20 @@ def test_a_detached_instance_without_its_state_is_an_error_saying_what_to_do(
         "cannot draw the current state of Todo 1: it is detached from its session and its "
         "status is not loaded; merge() it into a session first, or draw the class Todo")
     assert sent == []
+
+
+
+def test_a_detached_instance_with_a_composite_key_is_named_by_the_whole_key() -> None:
+    engine = sa.create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        seat = Seat(row="B", number=12)
+        session.add(seat)
+        session.commit()
+    with pytest.raises(DetachedInstanceError, match=r"^cannot draw the current state of "
+                                                    r"Seat \('B', 12\): it is detached"):
+        diagram(seat)
+    engine.dispose()
 
 
 def test_a_detached_instance_with_its_state_loaded_is_drawn(

@@ -3,6 +3,7 @@ once disconnected."""
 
 from __future__ import annotations
 
+import enum
 import gc
 import logging
 import subprocess
@@ -53,6 +54,25 @@ class Lamp:
     def observed_on(self) -> None:
         """Starts listening during the call: the call itself was not timed."""
         self.opened = log_transitions()
+
+
+
+class Brightness(enum.Enum):
+    """A value that is a string and differs from the name, and one that is not a string."""
+
+    dim = "Dim light"
+    full = 2
+
+
+@state_column("level")
+class Dimmer:
+    def __init__(self) -> None:
+        self.id = 3
+        self.level = Brightness.dim
+
+    @transition(frm=Brightness.dim, to=Brightness.full)
+    def brighten(self) -> None:
+        pass
 
 
 @pytest.fixture(autouse=True)
@@ -227,6 +247,39 @@ def test_an_enum_state_is_logged_as_its_value(
     assert _fields(record)["litestate_to_state"] == "processing"
 
 
+
+def test_an_enum_member_is_logged_as_its_string_value_else_its_name(
+        caplog_info: pytest.LogCaptureFixture, spans: tuple[Tracer, InMemorySpanExporter]
+        ) -> None:
+    tracer, exporter = spans
+    with log_transitions(), trace_transitions(tracer):
+        Dimmer().brighten()
+    [record] = caplog_info.records
+    assert record.getMessage().startswith("Dimmer 3: brighten() Dim light -> full succeeded")
+    fields = _fields(record)
+    assert (fields["litestate_from_state"], fields["litestate_to_state"]) == ("Dim light",
+                                                                              "full")
+    [span] = exporter.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert (attributes["litestate.from_state"], attributes["litestate.to_state"]) == (
+        "Dim light", "full")
+
+
+def test_the_message_and_the_field_give_the_same_duration_in_milliseconds(
+        caplog_info: pytest.LogCaptureFixture) -> None:
+    with log_transitions(), recording() as log:
+        Lamp().switch_on(wait=0.05)
+        litestate.transition_succeeded.send(
+            Lamp, record=None, record_id=8, event="switch_on", from_state="off",
+            to_state="on", column="state", duration=0.0125)
+    duration = log.of("transition-succeeded")[0].payload["duration"]
+    timed, sent = caplog_info.records
+    assert _fields(timed)["litestate_duration_ms"] == duration * 1000 >= 50
+    assert timed.getMessage().endswith(f" succeeded in {duration * 1000:.2f} ms")
+    assert sent.getMessage() == "Lamp 8: switch_on() off -> on succeeded in 12.50 ms"
+    assert _fields(sent)["litestate_duration_ms"] == 12.5
+
+
 def test_in_memory_objects_are_logged_without_a_commit(
         caplog_info: pytest.LogCaptureFixture) -> None:
     lamp, anonymous = Lamp(), Lamp(id=None)
@@ -337,6 +390,22 @@ def test_the_receivers_are_held_strongly(caplog_info: pytest.LogCaptureFixture) 
     Lamp().switch_on()
     subscription.close()
     assert len(caplog_info.records) == 1
+
+
+
+def test_a_subscription_dropped_at_once_keeps_logging(
+        caplog_info: pytest.LogCaptureFixture) -> None:
+    """As the module's synopsis calls ``log_transitions()`` without keeping the result."""
+    log_transitions()
+    gc.collect()
+    try:
+        Lamp().switch_on()
+        assert [getattr(r, OUTCOME) for r in caplog_info.records] == ["succeeded"]
+    finally:  # no handle left to close: disconnect what it connected
+        for signal in (litestate.transition_succeeded, litestate.transition_failed,
+                       litestate.transition_invalid, litestate.transition_committed):
+            for receiver in list(signal.receivers.values()):
+                signal.disconnect(receiver)
 
 
 def test_importing_the_module_imports_no_opentelemetry() -> None:

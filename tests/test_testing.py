@@ -3,6 +3,7 @@ captured_on_commit, through their public API."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import gc
 import threading
@@ -12,7 +13,7 @@ from typing import Any, Final
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import litestate
 from litestate import TransitionError, state_column, transition
@@ -100,6 +101,46 @@ class Memo:
 
     @transition(frm="*", to="review")
     def submit(self) -> None:
+        pass
+
+
+
+class Fan:
+    """One state column, named by its transitions: no @state_column."""
+
+    def __init__(self) -> None:
+        self.speed = "off"
+
+    @transition(frm="off", to="slow", column="speed")
+    def turn_on(self) -> None:
+        pass
+
+
+class Swapped(enum.Enum):
+    """Each member's value is the other's name."""
+
+    a = "b"
+    b = "a"
+
+
+class SwappedBase(DeclarativeBase):
+    """Never created: force_state and assert_transitions send no SQL."""
+
+
+@state_column("by_name")
+class Crossed(SwappedBase):
+    __tablename__ = "lst_crossed"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    by_name: Mapped[Swapped] = mapped_column(sa.Enum(Swapped), default=Swapped.a)
+    by_value: Mapped[Swapped] = mapped_column(
+        sa.Enum(Swapped, values_callable=lambda e: [m.value for m in e]), default=Swapped.a)
+
+    @transition(frm=Swapped.a, to=Swapped.b)
+    def flip_name(self) -> None:
+        pass
+
+    @transition(frm=Swapped.a, to=Swapped.b, column="by_value")
+    def flip_value(self) -> None:
         pass
 
 
@@ -236,6 +277,14 @@ def test_signals_are_filtered_by_name_event_and_sender() -> None:
     assert heard == []
 
 
+
+def test_a_signal_is_frozen() -> None:
+    with capture_signals() as heard:
+        Lamp().switch_on()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        heard[0].event = "switch_off"  # type: ignore[misc]
+
+
 def test_an_unknown_signal_name_is_a_value_error() -> None:
     with capture_signals() as heard, pytest.raises(ValueError, match=r"'comitted'.*'committed'"):
         heard.of("comitted")  # type: ignore[arg-type]
@@ -360,6 +409,15 @@ def test_every_difference_is_listed_missing_extra_then_different() -> None:
     ]
 
 
+
+def test_a_state_an_enum_column_cannot_hold_is_shown_as_written() -> None:
+    with pytest.raises(AssertionError) as info:
+        assert_transitions(Charge, {"advance_name": ("pending", "refunded")}, column="by_name")
+    assert str(info.value).splitlines()[1] == (
+        "  differs  advance_name: expected Phase.pending -> 'refunded', declared "
+        "Phase.pending -> Phase.processing")
+
+
 def test_column_restricts_the_table_to_one_state_column() -> None:
     assert_transitions(Subscription, {"mark_paid": ("unpaid", "paid"),
                                       "refund": ("paid", "refunded")}, column="payment_status")
@@ -369,6 +427,15 @@ def test_column_restricts_the_table_to_one_state_column() -> None:
     assert str(info.value).splitlines()[:2] == [
         "Subscription's transitions on payment_status are not the expected ones:",
         "  extra    refund: 'paid' -> 'refunded'"]
+
+
+
+def test_a_failure_is_reported_at_the_callers_line() -> None:
+    """pytest hides assert_transitions' own frame from the traceback."""
+    with pytest.raises(AssertionError) as info:
+        assert_transitions(Todo, {})
+    assert [entry.name for entry in info.traceback.filter(info)] == [
+        "test_a_failure_is_reported_at_the_callers_line"]
 
 
 def test_a_column_no_transition_uses_is_a_value_error() -> None:
@@ -503,6 +570,23 @@ def test_several_state_columns_without_a_state_column_need_column() -> None:
     with pytest.raises(ValueError, match=r"several state columns \['power', 'mode'\]"):
         force_state(robot, "on")
     assert force_state(robot, "busy", column="mode").mode == "busy"
+
+
+
+def test_the_one_column_the_transitions_name_needs_no_column() -> None:
+    assert force_state(Fan(), "slow").speed == "slow"
+    assert_transitions(Fan, {"turn_on": ("off", "slow")})
+    with pytest.raises(AssertionError, match=r"missing  stop: 'slow' -> 'off'"):
+        assert_transitions(Fan, {"turn_on": ("off", "slow"), "stop": ("slow", "off")})
+
+
+def test_the_string_an_enum_column_stores_wins_over_a_members_value() -> None:
+    """By name, "b" is the member b; stored by value, "a" is the member b too."""
+    crossed = force_state(Crossed(), "b")
+    force_state(crossed, "a", column="by_value")
+    assert (crossed.by_name, crossed.by_value) == (Swapped.b, Swapped.b)
+    assert_transitions(Crossed, {"flip_name": ("a", "b")}, column="by_name")
+    assert_transitions(Crossed, {"flip_value": ("b", "a")}, column="by_value")
 
 
 def test_a_column_no_transition_uses_cannot_be_forced() -> None:
