@@ -47,6 +47,13 @@ class Job(EdgeBase):
     def finish(self) -> None:
         pass
 
+    @transition(frm="new", to="read")
+    async def read_note(self, fail: bool = False) -> str:
+        await asyncio.sleep(0)
+        if fail:
+            raise ValueError("the body failed")
+        return self.note  # a column, perhaps expired: loaded before the body runs
+
     @transition(frm="new", to="handed")
     def hand_back(self, value: Any) -> Any:
         return value
@@ -335,3 +342,50 @@ def test_aiosqlite_without_enable_savepoints_keeps_the_callers_transaction(url: 
         return found
 
     assert run(main()) == [(1, "new", "")]
+
+
+def test_an_async_body_reads_columns_a_failed_transition_left_expired(url: str) -> None:
+    async def main() -> str:
+        engine = engine_for(url)
+        (job_id,) = await jobs(engine, 1)
+        try:
+            async with AsyncSession(engine) as session:
+                job = await session.get(Job, job_id)
+                assert job is not None
+                with pytest.raises(ValueError, match="the body failed"):
+                    await job.read_note(fail=True)  # the rollback expires the columns
+                return await job.read_note()
+        finally:
+            await engine.dispose()
+
+    assert run(main()) == ""
+
+
+def test_an_async_receivers_own_chained_error_keeps_its_context(url: str) -> None:
+    async def failing(_sender: Any, **_payload: Any) -> None:
+        await asyncio.sleep(0)
+        try:
+            raise KeyError("inner")
+        except KeyError:
+            raise LookupError("the receiver failed") from None
+
+    litestate.transition_failed.connect(failing)
+
+    async def main() -> None:
+        engine = engine_for(url)
+        (job_id,) = await jobs(engine, 1)
+        try:
+            async with AsyncSession(engine) as session:
+                job = await session.get(Job, job_id)
+                assert job is not None
+                await job.run(fail=True)
+        finally:
+            await engine.dispose()
+
+    try:
+        with pytest.raises(LookupError) as info:
+            run(main())
+    finally:
+        litestate.transition_failed.disconnect(failing)
+    assert isinstance(info.value.__context__, KeyError)
+    assert info.value.__suppress_context__
