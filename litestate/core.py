@@ -1813,7 +1813,7 @@ def _send(signal: Any, sender: type, **payload: Any) -> None:
     """``signal.send``, with ``async def`` receivers awaited (or refused) and any other
     receiver's awaitable result too: a coroutine is never dropped unawaited."""
     for receiver, result in signal.send(sender, _async_wrapper=_awaiting, **payload):
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             _awaiting_result(receiver, result)
 
 
@@ -2044,7 +2044,7 @@ def _send_committed(ready: list[tuple[type, dict[str, Any]]]) -> None:
                 if inspect.iscoroutinefunction(receiver):
                     receiver = _awaiting(receiver)
                 result = receiver(sender, **payload)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     _awaiting_result(receiver, result)
             except BaseException as exc:  # a cancelled receiver too: the others still hear
                 errors.append(exc)
