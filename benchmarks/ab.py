@@ -13,12 +13,12 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 
 def cases() -> dict[str, tuple[Callable[[], object], int]]:
     """name -> (a function, how many transitions or probes one call makes)."""
-    import sqlalchemy as sa
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
     from litestate import available_transitions, can_transition, state_column, transition
 
     class Base(DeclarativeBase):
