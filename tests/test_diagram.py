@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -675,3 +675,100 @@ def test_the_order_states_are_listed_in_a_frm_changes_nothing(
     reordered = [(frm if frm == "*" else frm[::-1], to, guards)
                  for frm, to, guards in declarations]
     assert diagram(_machine(reordered)) == diagram(_machine(declarations))
+
+
+class Tone(enum.Enum):
+    """Stored as neither its names nor its values: ``values_callable`` lowercases names."""
+
+    LOUD = 1
+    SOFT = 2
+
+
+@state_column("tone")
+class Speaker(Base):
+    __tablename__ = "speakers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tone: Mapped[Tone] = mapped_column(
+        sa.Enum(Tone, values_callable=lambda e: [m.name.lower() for m in e]),
+        default=Tone.SOFT)
+
+    @transition(frm=Tone.SOFT, to=Tone.LOUD)
+    def raise_voice(self) -> None:
+        pass
+
+
+def test_an_enum_column_holding_the_string_it_stores_highlights_the_member() -> None:
+    speaker = Speaker()
+    speaker.tone = "loud"  # type: ignore[assignment]  # what the column stores for LOUD
+    drawn = diagram(speaker)
+    assert 'state "LOUD" as s1' in drawn
+    assert drawn.endswith("    class s1 current\n")
+
+
+@state_column("state")
+class Gauge:
+    """A state read through a property: no class-level default to start from."""
+
+    def __init__(self) -> None:
+        self._state = "low"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+
+    @transition(frm="low", to="high")
+    def rise(self) -> None:
+        pass
+
+
+@state_column("state")
+class Switch2:
+    state = True  # a flag, not a state: no initial state from it
+
+    @transition(frm="off", to="on")
+    def flip(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("cls", [Gauge, Switch2])
+def test_a_class_attribute_that_is_no_state_gives_no_initial_state(cls: type) -> None:
+    assert "[*]" not in diagram(cls)
+
+
+@state_column("state")
+@dataclass
+class Memo2:
+    state: ClassVar[str] = "draft"  # a class attribute, not a dataclass field
+
+    @transition(frm="draft", to="sent")
+    def send(self) -> None:
+        pass
+
+
+def test_a_dataclass_state_that_is_no_field_starts_in_its_class_attribute() -> None:
+    assert "    [*] --> s0\n" in diagram(Memo2)
+    assert 'state "draft" as s0' in diagram(Memo2)
+
+
+@state_column("step")
+class Relay(Base):
+    __tablename__ = "relays"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    step: Mapped[str] = mapped_column(sa.Enum("b", "a", "d", name="relay_step"))
+
+    @transition(frm="a", to="d")
+    def forward(self) -> None:
+        pass
+
+    @transition(frm=["d", "b"], to="a")
+    def back(self) -> None:
+        pass
+
+
+def test_a_state_already_drawn_comes_before_one_the_enum_lists_first() -> None:
+    labels = re.findall(r'state "(\w)" as s\d', diagram(Relay))
+    assert labels == ["a", "d", "b"]

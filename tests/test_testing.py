@@ -807,3 +807,57 @@ def test_captured_on_commit_takes_a_connection(engine: sa.Engine) -> None:
     with pytest.raises(TypeError, match=r"takes the sa\.Connection"), \
             captured_on_commit(engine):  # type: ignore[arg-type]
         pass
+
+
+def test_the_declared_table_shows_any_state_as_a_star() -> None:
+    with pytest.raises(AssertionError) as info:
+        assert_transitions(Job, {"run": ("new", "running")})
+    assert "    'reset': ('*', 'new')," in str(info.value).splitlines()
+
+
+class Step(enum.Enum):
+    doing = "doing"
+
+
+def test_an_enum_member_forced_on_a_string_column_is_its_value() -> None:
+    todo = force_state(Todo(), Step.doing)
+    assert todo.status == "doing"
+    assert type(todo.status) is str
+
+
+def test_two_captures_compare_by_what_they_heard() -> None:
+    with capture_signals() as heard:
+        Lamp().switch_on()
+    with capture_signals() as nothing:
+        pass
+    with capture_signals() as nothing_either:
+        pass
+    assert nothing == nothing_either
+    assert heard != nothing
+
+
+class Twin:
+    """Two state columns and no @state_column: states are compared as written."""
+
+    left = "off"
+    right = "off"
+
+    @transition(frm="off", to="on", column="left")
+    def left_on(self) -> None:
+        pass
+
+    @transition(frm="off", to="on", column="right")
+    def right_on(self) -> None:
+        pass
+
+
+def test_a_class_without_a_default_column_is_compared_as_written() -> None:
+    assert_transitions(Twin, {"left_on": ("off", "on"), "right_on": ("off", "on")})
+    with pytest.raises(AssertionError, match="differs  right_on"):
+        assert_transitions(Twin, {"left_on": ("off", "on"), "right_on": ("on", "off")})
+
+
+def test_a_capture_has_a_length() -> None:
+    with capture_signals() as heard:
+        Lamp().switch_on()
+    assert len(heard) == len(list(heard)) > 0
