@@ -44,7 +44,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 import litestate
 from benchmarks.models import Base, HandTodo, LiteTodo, Refused
-from benchmarks.run import counting
+from benchmarks.run import _fmt, counting
 from litestate import aio
 from litestate.sqlite import enable_savepoints
 
@@ -95,10 +95,6 @@ async def compare(title: str, cases: dict[str, AsyncCase], baselines: tuple[str,
 
 def _short(name: str) -> str:
     return name.split(": ", 1)[1] if ": " in name else name
-
-
-def _fmt(ns: float) -> str:
-    return f"{ns:,.0f} ns" if ns < 10_000 else f"{ns / 1000:,.1f} µs"
 
 
 # -- the hand-written code, awaited statement by statement --------------------------------

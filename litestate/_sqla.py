@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import util as sa_util  # the greenlet bridge; present without greenlet
 from sqlalchemy.orm import InstanceState, Session
 
 
@@ -103,16 +104,12 @@ def commit_now(conn: sa.Connection) -> None:
 
 def greenlet_spawn(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """The awaitable running ``fn(*args, **kwargs)`` in a greenlet that may await."""
-    from sqlalchemy.util import greenlet_spawn as spawn
-
-    return spawn(fn, *args, **kwargs)
+    return sa_util.greenlet_spawn(fn, *args, **kwargs)
 
 
 def await_only(awaitable: Any) -> Any:
     """Await ``awaitable`` from sync code running inside :func:`greenlet_spawn`."""
-    from sqlalchemy.util import await_only as await_
-
-    return await_(awaitable)
+    return sa_util.await_only(awaitable)
 
 
 def in_greenlet() -> bool:

@@ -439,8 +439,7 @@ def actions(obj: object) -> list[Action]:
             states[plan.column] = None if gone else _read_for_probe(plan, obj)
         reason, detail = _why_not(plan, obj, states[plan.column], gone)
         found.append(Action(plan.event, plan.to, reason is None, reason, detail,
-                            tuple(plan.desc.signature.parameters.values()), plan.desc.meta,
-                            plan.desc))
+                            plan.parameters, plan.desc.meta, plan.desc))
     return found
 
 
@@ -452,8 +451,7 @@ def _why_not(plan: _Plan, obj: object, current: Any, gone: bool) -> tuple[str | 
                            "the row no longer exists")
     frm = plan.frm
     if frm is not None and current not in frm and plan.normalize(current) not in frm:
-        allowed = ", ".join(sorted(map(repr, frm)))
-        return "invalid", f"{plan.event} starts from {allowed}"
+        return "invalid", plan.starts_from
     label = _first_refusing_guard(plan, obj, (), {}, askable_only=True) if plan.guards \
         else None
     return (None, "") if label is None else ("guard", f"guard {label} returned false")
@@ -757,8 +755,8 @@ class _Plan:
 
     __slots__ = ("after_write", "bind", "blind", "check", "column", "default", "desc",
                  "event", "fn", "frm", "guards", "key", "lock", "mapped", "naive", "nested",
-                 "normalize", "on_failure", "only_self", "refresh", "spec", "stmt",
-                 "timestamp", "to", "version")
+                 "normalize", "on_failure", "only_self", "parameters", "refresh", "spec",
+                 "starts_from", "stmt", "timestamp", "to", "version")
 
     def __init__(self) -> None:
         self.event = self.column = ""
@@ -774,6 +772,8 @@ class _Plan:
         self.normalize: Callable[[Any], Any] = _same  # a value read -> the column's form
         self.default: Any = None  # the column's scalar default, for an unsaved object
         self.desc: Transition
+        self.starts_from = ""  # an invalid refusal's detail: "start starts from 'pending'"
+        self.parameters: tuple[inspect.Parameter, ...] = ()  # the method's, beyond self
         # Mapped classes: the conditional UPDATE and what it needs.
         self.stmt: Any = None
         self.bind: dict[str, Any] = {}
@@ -959,6 +959,9 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
     plan.desc = Transition(plan.event, plan.frm, plan.to, column, ts,
                            tuple(label for label, *_ in plan.guards), plan.lock,
                            _signature_without_self(spec.fn), spec.meta)
+    allowed = "any state" if plan.frm is None else ", ".join(sorted(map(repr, plan.frm)))
+    plan.starts_from = f"{plan.event} starts from {allowed}"
+    plan.parameters = tuple(plan.desc.signature.parameters.values())
     for extend in plan_extensions:
         extend(cls, plan)
     plan.nested = plan.fn is not None or bool(plan.after_write)
@@ -1422,8 +1425,7 @@ def _check_state(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
         current = plan.normalize(current)
         if plan.frm is None or current in plan.frm:
             return current
-    allowed = "any state" if plan.frm is None else ", ".join(sorted(map(repr, plan.frm)))
-    _refuse(plan, obj, current, "invalid", f"{plan.event} starts from {allowed}", args, kwargs)
+    _refuse(plan, obj, current, "invalid", plan.starts_from, args, kwargs)
 
 
 def _first_refusing_guard(plan: _Plan, obj: Any, args: tuple[Any, ...],

@@ -256,17 +256,24 @@ def _current_state(obj: object, column: str, type_: Any) -> Any:
 
 def _as_held(value: Any, type_: Any) -> Any:
     """A value in the form the column's attribute holds (a member for a Python-enum column,
-    whose attribute may also be set to the member's name or value)."""
+    whose attribute may also be set to the string it stores, the member's name or value);
+    ``value`` itself if none fits."""
     if isinstance(type_, sa.Enum) and type_.enum_class is not None:
-        members = list(cast(Iterable[enum.Enum], type_.enum_class))
-        stored = dict(zip(type_.enums, members, strict=False)) \
-            if type_.values_callable is not None else {}
-        if isinstance(value, str) and value in stored:
-            return stored[value]
-        return next((m for m in members if value is m or value in (m.name, m.value)), value)
+        return _member_of(type_, type_.enum_class, value)
     if type_ is not None and isinstance(value, enum.Enum):
         return value.value  # a member written to a String column is stored as its value
     return value
+
+
+def _member_of(type_: sa.Enum, enum_class: type[enum.Enum], state: Any) -> Any:
+    """A member of a Python-enum column's class, from a member, the string the column
+    stores, a name or a value (litestate's order); ``state`` itself if none fits."""
+    if isinstance(state, enum_class):
+        return state
+    stored = core._persisted_members(type_)  # pyright: ignore[reportPrivateUsage]
+    if isinstance(state, str) and state in stored:
+        return stored[state]
+    return next((m for m in enum_class if state in (m.name, m.value)), state)
 
 
 def _is_state(value: object) -> bool:

@@ -92,6 +92,7 @@ from litestate.core import (
     transitions,
 )
 from litestate.diagram import (
+    _as_held,  # pyright: ignore[reportPrivateUsage]
     _default_state,  # pyright: ignore[reportPrivateUsage]
     _state_column,  # pyright: ignore[reportPrivateUsage]
 )
@@ -491,11 +492,8 @@ class _StateColumn:
 
     def convert(self, state: Any) -> Any:
         """``state`` as the column holds it; unchanged if it is none of its states."""
-        enum_class = self._enum_class()
-        if enum_class is not None:
-            return _member_of(self.type, enum_class, state)
-        if isinstance(state, enum.Enum) and self.type is not None:
-            return state.value  # as litestate writes a member to a non-enum column
+        if self.type is not None:  # a mapped column: as a diagram reads it
+            return _as_held(state, self.type)
         for known in self.declared:  # a plain class's member, written by its name or value
             if isinstance(known, enum.Enum) and not isinstance(state, enum.Enum) and \
                     state in (known.name, known.value):
@@ -529,25 +527,6 @@ class _StateColumn:
 
 def _sorted(frm: frozenset[Any] | None) -> list[Any]:
     return [] if frm is None else sorted(frm, key=_state_text)
-
-
-def _member_of(type_: sa.Enum, enum_class: type[enum.Enum], state: Any) -> Any:
-    """A member of a Python-enum column's class, from a member, the string the column
-    stores, a name or a value (litestate's order); ``state`` itself if none fits."""
-    if isinstance(state, enum_class):
-        return state
-    if isinstance(state, str):
-        if type_.values_callable is not None:
-            stored = dict(zip(type_.enums, enum_class, strict=False))
-        else:
-            stored = {name: enum_class[name] for name in type_.enums
-                      if name in enum_class.__members__}
-        if state in stored:
-            return stored[state]
-    for member in enum_class:
-        if state in (member.name, member.value):
-            return member
-    return state
 
 
 # -- the clock ----------------------------------------------------------------------------
