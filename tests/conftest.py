@@ -124,13 +124,18 @@ class SignalLog:
         self.heard.clear()
 
 
+ALL_SIGNALS = (litestate.transition_succeeded, litestate.transition_invalid,
+               litestate.transition_failed, litestate.transition_committed)
+
+
 @contextlib.contextmanager
-def recording() -> Iterator[SignalLog]:
-    """Record every litestate signal sent inside the block (strong references)."""
+def recording(*signals: Any) -> Iterator[SignalLog]:
+    """Record every litestate signal (or those given) sent inside the block (strong
+    references). Without a transition_succeeded receiver, an empty body runs without a
+    SAVEPOINT: leave it out to test that path."""
     log = SignalLog()
     with contextlib.ExitStack() as stack:
-        for signal in (litestate.transition_succeeded, litestate.transition_invalid,
-                       litestate.transition_failed, litestate.transition_committed):
+        for signal in signals or ALL_SIGNALS:
             def receiver(sender: Any, _name: str = signal.name, **payload: Any) -> None:
                 log.heard.append(Heard(_name, sender, payload))
             stack.enter_context(signal.connected_to(receiver))
