@@ -28,6 +28,7 @@ from litestate.core import (
     transitions,
 )
 from litestate.diagram import diagram
+from litestate.retry import is_retryable, retrying
 
 try:
     __version__ = version("litestate")
@@ -51,6 +52,8 @@ __all__ = [
     "can_transition",
     "diagram",
     "fire",
+    "is_retryable",
+    "retrying",
     "set_clock",
     "state_column",
     "transition",
