@@ -1752,6 +1752,12 @@ def _undo(f: _Firing, exc: BaseException) -> None:
 
 def _restore(f: _Firing) -> None:
     plan, obj = f.plan, f.obj
+    if not f.session.is_active:
+        # The database's transaction is gone, and SQLAlchemy expired the objects with it
+        # (the session refuses until rollback()): a value set now would outlive that
+        # rollback and hide what the next transaction reads.
+        f.session.expire(obj, _written(f))
+        return
     if f.blind:  # never read: let the next read show the row
         f.session.expire(obj, [plan.column])
     else:
@@ -1764,6 +1770,17 @@ def _restore(f: _Firing) -> None:
             set_committed_value(obj, ts, f.old_ts)
     if f.version is not None:
         set_committed_value(obj, cast(_Version, plan.version).key, f.version[0])
+
+
+def _written(f: _Firing) -> list[str]:
+    """The attributes the write sets."""
+    plan = f.plan
+    names = [plan.column]
+    if plan.timestamp is not None and f.now is not None:
+        names.append(plan.timestamp)
+    if f.version is not None:
+        names.append(cast(_Version, plan.version).key)
+    return names
 
 
 def _lost(f: _Firing) -> NoReturn:
@@ -1915,6 +1932,7 @@ def _before_commit(session: Session) -> None:
     A SAVEPOINT the body opened itself may be released."""
     opened = session.info.get(_OPEN)
     if not opened or not any(t.is_active for t in opened):
+        _forget_aborted(session)
         return
     current = session.get_nested_transaction() or session.get_transaction()
     if current is not None and (current in opened or not current.nested):
@@ -1943,6 +1961,36 @@ def _queue_committed(f: _Firing) -> None:
     pending: _Pending = session.info.setdefault(_PENDING, {})
     pending.setdefault(trans, []).append(
         (f.obj.__class__, f.payload(), f.conn, _sqla.savepoint_number(f.conn)))
+
+
+def _forget_aborted(session: Session) -> None:
+    """Before the outermost COMMIT: drop the queued writes of a transaction the database
+    has already aborted (a statement of the caller's failed, and was ignored). PostgreSQL
+    answers that COMMIT with a ROLLBACK and the drivers raise nothing."""
+    pending: _Pending | None = session.info.get(_PENDING)
+    trans = session.get_transaction()
+    if not pending or trans is None or session.get_nested_transaction() is not None:
+        return
+    entries = pending.get(trans)
+    if entries:
+        entries[:] = [entry for entry in entries if not _aborted(entry[2])]
+
+
+def _aborted(conn: sa.Connection) -> bool:
+    """Whether the database has aborted ``conn``'s transaction, so that its COMMIT rolls
+    back: what psycopg (``info.transaction_status``) and psycopg2
+    (``get_transaction_status()``) report as ``INERROR``; other drivers do not say."""
+    if conn.closed or conn.invalidated:
+        return False  # its COMMIT raises
+    driver: Any = conn.connection.driver_connection
+    status = getattr(getattr(driver, "info", None), "transaction_status", None)
+    if status is None:
+        get_status = getattr(driver, "get_transaction_status", None)
+        status = get_status() if callable(get_status) else None
+    return status == _INERROR
+
+
+_INERROR = 3  # libpq's PQTRANS_INERROR: idle in a failed transaction
 
 
 @sa_event.listens_for(Session, "after_commit")
@@ -2006,6 +2054,8 @@ def _connection_commit(conn: sa.Connection) -> None:
     if queue:
         entries = [(sender, payload) for _, sender, payload in queue]
         queue.clear()
+        if _aborted(conn):
+            return  # this COMMIT rolls back
         _sqla.commit_now(conn)
         _send_committed(entries)
 
