@@ -29,10 +29,11 @@ in an ``except`` block is the code's own):
   ``57P01``/``57P02``/``57P03`` the server shutting down, crashed or starting, and class
   ``08`` (connection exceptions); a psycopg ``OperationalError`` without a SQLSTATE (the
   client lost or could not open the connection).
-- MySQL and MariaDB (PyMySQL, mysqlclient, aiomysql, asyncmy), by error number: 1213
-  deadlock, 1205 lock wait timeout, 3572 ``NOWAIT``, 1020 record changed (MariaDB's
-  snapshot isolation), 1927 connection killed, 1053 server shutdown, 4031 disconnected
-  for inactivity, 2002/2003 cannot connect, 2006/2013/2055 server gone or connection lost.
+- MySQL and MariaDB (PyMySQL, mysqlclient, aiomysql, asyncmy, mysql-connector), by
+  error number: 1213 deadlock, 1205 lock wait timeout, 3572 ``NOWAIT``, 1020 record
+  changed (MariaDB's snapshot isolation), 1927 connection killed, 1053 server shutdown,
+  4031 disconnected for inactivity, 2002/2003 cannot connect, 2006/2013/2055 server gone
+  or connection lost (from the servers' documentation; no test runs them yet).
 - SQLite: ``SQLITE_BUSY`` and ``SQLITE_LOCKED`` ("database is locked"), extended codes
   included.
 - A disconnect as SQLAlchemy sees it (``DBAPIError.connection_invalidated``,
@@ -70,7 +71,7 @@ MYSQL_ERRORS = frozenset({1020, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 
                           3572, 4031})
 _MYSQL_DRIVERS = frozenset({"pymysql", "MySQLdb", "aiomysql", "asyncmy", "mysql"})
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
-_SQLITE_DRIVERS = frozenset({"sqlite3", "pysqlite2", "pysqlcipher3", "sqlcipher3"})
+_SQLITE_DRIVERS = frozenset({"sqlite3", "pysqlcipher3", "sqlcipher3"})
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -109,12 +110,8 @@ def _transient(error: BaseException) -> bool:
         return sqlstate in PG_SQLSTATES or sqlstate.startswith("08")
     if driver in ("psycopg", "psycopg2"):  # no SQLSTATE: the client's own failure
         return _named(error, "OperationalError")
-    code = getattr(error, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    if driver in _SQLITE_DRIVERS:  # a driver without error codes: its message
-        return _named(error, "OperationalError") and "is locked" in str(error)
-    return False
+    code = getattr(error, "sqlite_errorcode", None)  # sqlite3's (and so aiosqlite's)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
 
 def _named(error: BaseException, name: str) -> bool:
