@@ -28,6 +28,7 @@ from litestate.core import (
     transitions,
 )
 from litestate.diagram import diagram
+from litestate.history import TransitionLog, context, history, log_data
 from litestate.retry import is_retryable, retrying
 
 try:
@@ -45,14 +46,18 @@ __all__ = [
     "Transition",
     "TransitionArgumentError",
     "TransitionError",
+    "TransitionLog",
     "UnknownTransitionError",
     "__version__",
     "actions",
     "available_transitions",
     "can_transition",
+    "context",
     "diagram",
     "fire",
+    "history",
     "is_retryable",
+    "log_data",
     "retrying",
     "set_clock",
     "state_column",
