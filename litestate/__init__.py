@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from litestate import recovery as recovery  # on_error's error states (a plan extension)
 from litestate.core import (
     HTTP_STATUS,
     Action,

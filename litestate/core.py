@@ -273,6 +273,8 @@ class Transition:
     signature: inspect.Signature = field(compare=False)
     #: The declaration's ``meta=``: free-form data for views (a label, an icon), read-only.
     meta: Mapping[str, Any] = field(compare=False)
+    #: The state a raising body leaves the row in (``on_error=``), or ``None``.
+    on_error: Any = None
 
     def __repr__(self) -> str:
         frm = "*" if self.frm is None else " | ".join(sorted(map(repr, self.frm)))
@@ -307,6 +309,7 @@ def transition(
     timestamp: bool | str | None = None, guard: Guard | Sequence[Guard] | None = None,
     lock: bool = False, meta: Mapping[str, Any] | None = None,
     log: type | bool | None = None, log_args: Iterable[str] = (),
+    on_error: State | None = None,
 ) -> Callable[[Callable[Concatenate[_M, _P], _R]], Callable[Concatenate[_M, _P], _R]]:
     """Turn a method into a checked transition from ``frm`` (``"*"``: any) to ``to``.
 
@@ -316,11 +319,13 @@ def transition(
     ``SELECT ... FOR UPDATE``; ``meta`` is free-form data for views, kept on
     :class:`Transition` and :class:`Action`; ``log`` overrides the state column's log
     model (``False``: no row), ``log_args`` names call arguments copied into the row (see
-    :mod:`litestate.history`). The method keeps its parameters and return value.
+    :mod:`litestate.history`); ``on_error`` is the state a raising body leaves the row in
+    (see :mod:`litestate.recovery`). The method keeps its parameters and return value.
     """
     options = _Spec(None, "", _states(frm), _state(to, "to"), _column_option(column),
                     _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock),
-                    _meta_option(meta), _log_option(log), _log_args_option(log_args))
+                    _meta_option(meta), _log_option(log), _log_args_option(log_args),
+                    None if on_error is None else _state(on_error, "on_error"))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
         if isinstance(fn, _Declared):
@@ -340,15 +345,19 @@ def transition(
     return decorate
 
 
-def state_column(column: str, *, log: type | None = None,
-                 changed_at: str | None = None) -> Callable[[_C], _C]:
+def state_column(column: str, *, log: type | None = None, changed_at: str | None = None,
+                 attempts: str | None = None, last_error: str | None = None,
+                 last_error_at: str | None = None) -> Callable[[_C], _C]:
     """Class decorator: the column transitions use when they do not name one.
 
     ``log`` names a :class:`litestate.TransitionLog` model: every successful transition
     on the column inserts one row of it in its atomic section. ``changed_at`` names a
     ``DateTime`` column stamped, in the state's own UPDATE, by every transition on the
-    column. Several ``@state_column`` decorators declare several columns, each with its
-    options; the top one is the default column.
+    column. ``attempts`` (an Integer column, incremented), ``last_error`` (a String or
+    Text column: the error's type and message) and ``last_error_at`` (a ``DateTime``) are
+    set in the same UPDATE that moves a row to a transition's ``on_error`` state.
+    Several ``@state_column`` decorators declare several columns, each with its options;
+    the top one is the default column.
 
     It only records them: the class is compiled later (see the module docstring), so
     a relationship to a class defined further down still works.
@@ -358,10 +367,13 @@ def state_column(column: str, *, log: type | None = None,
     if log is not None and (not isinstance(log, type) or log is bool):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise DeclarationError(f"@state_column({column!r}, log={log!r}): log is a "
                                "TransitionLog model class")
-    if changed_at is not None and (not isinstance(changed_at, str) or not changed_at):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise DeclarationError(f"@state_column({column!r}, changed_at={changed_at!r}): "
-                               "changed_at names a column")
-    options = _ColumnOptions(log, changed_at)
+    named = {"changed_at": changed_at, "attempts": attempts, "last_error": last_error,
+             "last_error_at": last_error_at}
+    for option, value in named.items():
+        if value is not None and (not isinstance(value, str) or not value):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise DeclarationError(f"@state_column({column!r}, {option}={value!r}): "
+                                   f"{option} names a column")
+    options = _ColumnOptions(log, changed_at, attempts, last_error, last_error_at)
 
     def decorate(cls: _C) -> _C:
         if not isinstance(cls, type):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -553,6 +565,9 @@ class _ColumnOptions(NamedTuple):
 
     log: type | None
     changed_at: str | None
+    attempts: str | None = None  # the error-state columns (litestate.recovery)
+    last_error: str | None = None
+    last_error_at: str | None = None
 
 
 _NO_COLUMNS: Mapping[str, _ColumnOptions] = MappingProxyType({})
@@ -578,6 +593,7 @@ class _Spec(NamedTuple):
     meta: Mapping[str, Any]
     log: type | bool | None = None  # None: the column's; False: none
     log_args: tuple[str, ...] = ()
+    on_error: Any = None  # the state a raising body leaves the row in
 
     def with_fn(self, fn: Callable[..., Any]) -> _Spec:
         return self._replace(fn=fn, event=getattr(fn, "__name__", ""))
@@ -588,7 +604,8 @@ class _Spec(NamedTuple):
         if self.frm is not None:
             frm = tuple((state.__class__, state) for state in self.frm)
         return (self.event, frm, self.to.__class__, self.to, self.column, self.timestamp,
-                self.guards, self.lock, self.log, self.log_args)
+                self.guards, self.lock, self.log, self.log_args, self.on_error.__class__,
+                self.on_error)
 
 
 class _Declared:
@@ -810,11 +827,11 @@ class _Guard(NamedTuple):
 class _Plan:
     """What the runtime reads to fire one transition of one class."""
 
-    __slots__ = ("after_write", "bind", "blind", "changed_at", "changed_naive", "check",
-                 "column", "default", "desc", "event", "fn", "frm", "guards", "key", "lock",
-                 "mapped", "naive", "nested", "normalize", "on_failure", "only_self",
-                 "parameters", "refresh", "spec", "starts_from", "stmt", "timestamp", "to",
-                 "version")
+    __slots__ = ("after_write", "bind", "blind", "body_wrappers", "changed_at", "changed_naive",
+                 "check", "column", "default", "desc", "event", "extras", "fn", "frm",
+                 "guards", "key", "lock", "mapped", "naive", "nested", "normalize",
+                 "on_error", "on_failure", "on_failure_in_memory", "only_self", "parameters",
+                 "refresh", "spec", "starts_from", "stmt", "timestamp", "to", "version")
 
     def __init__(self) -> None:
         self.event = self.column = ""
@@ -842,13 +859,23 @@ class _Plan:
         self.refresh: tuple[str, ...] = ()
         #: Seams for optional modules: steps run in the atomic section after the write
         #: (``step(firing)``), and steps run after an undo (``step(firing, error)``).
+        #: ``on_failure_in_memory`` steps run when the body of an object outside a session
+        #: raises (``step(obj, state_read, error)``, returning the error state written);
+        #: ``body_wrappers`` wrap every body, the one of :func:`transition_state` too;
+        #: ``extras`` holds what a module compiled for the others to read.
         self.after_write: tuple[Callable[[_Firing], None], ...] = ()
         self.on_failure: tuple[Callable[[_Firing, BaseException], None], ...] = ()
+        self.on_failure_in_memory: tuple[Callable[[Any, Any, BaseException], Any], ...] = ()
+        self.body_wrappers: tuple[Callable[[Callable[..., Any]], Callable[..., Any]], ...] = ()
+        self.extras: dict[str, Any] = {}
+        self.on_error: Any = None  # the state a raising body leaves the row in
 
     def with_body(self, fn: Callable[..., Any]) -> _Plan:
         copy = _Plan.__new__(_Plan)
         for slot in _Plan.__slots__:
             setattr(copy, slot, getattr(self, slot))
+        for wrap in self.body_wrappers:
+            fn = wrap(fn)
         copy.fn, copy.blind, copy.nested = fn, False, True
         return copy
 
@@ -1013,6 +1040,7 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
     plan.frm = None if spec.frm is None else frozenset(convert(s) for s in spec.frm)
     plan.to = convert(spec.to)
     plan.fn = None if _is_empty(spec.fn) else spec.fn
+    plan.on_error = _error_state(who, spec, plan.to, convert)
     plan.check, plan.only_self = _argument_check(who, spec.fn)
     # Plain tuples: the hot loops unpack them, which a NamedTuple would slow down.
     guards = [_compile_guard(cls, who, g, spec.fn) for g in spec.guards]
@@ -1025,17 +1053,31 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
         _compile_write(plan, who, mapper, convert)
     plan.desc = Transition(plan.event, plan.frm, plan.to, column, ts,
                            tuple(label for label, *_ in plan.guards), plan.lock,
-                           _signature_without_self(spec.fn), spec.meta)
+                           _signature_without_self(spec.fn), spec.meta, plan.on_error)
     allowed = "any state" if plan.frm is None else ", ".join(sorted(map(repr, plan.frm)))
     plan.starts_from = f"{plan.event} starts from {allowed}"
     plan.parameters = tuple(plan.desc.signature.parameters.values())
     for extend in plan_extensions:
         extend(cls, plan)
-    plan.nested = plan.fn is not None or bool(plan.after_write)
+    for wrap in plan.body_wrappers:
+        if plan.fn is not None:
+            plan.fn = wrap(plan.fn)
+    plan.nested = plan.fn is not None or bool(plan.after_write) or plan.on_error is not None
     plan.blind = (plan.mapped and plan.frm is not None and len(plan.frm) == 1 and
                   not plan.guards and not plan.lock and not plan.nested and
                   plan.version is None)
     return plan
+
+
+def _error_state(who: str, spec: _Spec, to: Any, convert: Callable[[Any], Any]) -> Any:
+    """``on_error``, as the column holds it; it must differ from the state written."""
+    if spec.on_error is None:
+        return None
+    error_state = convert(spec.on_error)
+    if error_state == to:
+        raise DeclarationError(f"{who}: on_error={spec.on_error!r} is the state it writes; an "
+                               "error state tells a failure from a success")
+    return error_state
 
 
 def _check_settable(who: str, cls: type, column: str) -> None:
@@ -1443,7 +1485,10 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
                 setattr(obj, cast(str, ts), old_ts)
         if changed is not None:
             changed()
-        _failed(plan, obj, current, args, kwargs, exc)
+        error_state = None
+        for step in plan.on_failure_in_memory:
+            error_state = step(obj, current, exc)
+        _failed(plan, obj, current, args, kwargs, exc, error_state)
         raise
     return result
 
@@ -1557,9 +1602,9 @@ class _Firing:
     """One call on an object in a session, handed from step to step (and to the plan's
     extra steps: a history row, an error state)."""
 
-    __slots__ = ("args", "at", "blind", "changed", "conn", "current", "kwargs", "now", "obj",
-                 "old_changed", "old_ts", "plan", "result", "savepoint", "session", "state",
-                 "version", "won")
+    __slots__ = ("args", "at", "blind", "changed", "conn", "current", "error_state", "kwargs",
+                 "now", "obj", "old_changed", "old_ts", "plan", "result", "savepoint",
+                 "session", "state", "version", "won")
 
     def __init__(self, plan: _Plan, obj: Any, state: Any, session: Session, current: Any,
                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -1575,6 +1620,7 @@ class _Firing:
         self.changed: datetime | None = None  # the changed_at written
         self.old_changed: Any = _MISSING
         self.version: tuple[Any, Any] | None = None  # (read, written)
+        self.error_state: Any = None  # the on_error state an on_failure step wrote
 
     def payload(self) -> dict[str, Any]:
         return _payload(self.plan, self.obj, self.current, self.args, self.kwargs)
@@ -1793,10 +1839,11 @@ def _set_version(f: _Firing) -> None:
 def _run_body(f: _Firing) -> None:
     plan = f.plan
     f.result = None if plan.fn is None else plan.fn(f.obj, *f.args, **f.kwargs)
+    if f.savepoint is not None:
+        _check_still_open(f)
     for step in plan.after_write:
         step(f)
     if f.savepoint is not None:
-        _check_still_open(f)
         f.session.flush()
     if transition_succeeded.receivers:
         _send(transition_succeeded, f.obj.__class__, **f.payload(), duration=_elapsed())
@@ -1849,7 +1896,7 @@ def _undo(f: _Firing, exc: BaseException) -> None:
         _restore(f)
     for step in plan.on_failure:
         step(f, exc)
-    _failed(plan, f.obj, f.current, f.args, f.kwargs, exc)
+    _failed(plan, f.obj, f.current, f.args, f.kwargs, exc, f.error_state)
 
 
 def _restore(f: _Firing) -> None:
@@ -1925,11 +1972,11 @@ def _refuse(plan: _Plan, obj: Any, current: Any, reason: str, detail: str,
 
 
 def _failed(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
-            kwargs: dict[str, Any], exc: BaseException) -> None:
+            kwargs: dict[str, Any], exc: BaseException, error_state: Any = None) -> None:
     if transition_failed.receivers:
         try:
             _send(transition_failed, obj.__class__, **_payload(plan, obj, current, args, kwargs),
-                  error=exc, duration=_elapsed())
+                  error=exc, error_state=error_state, duration=_elapsed())
         except Exception as receiver_exc:
             receiver_exc.add_note(
                 f"raised by a transition_failed receiver while reporting: {exc!r}")

@@ -261,12 +261,17 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
             raise core.DeclarationError(f"{who}: log_args {unknown} are not parameters of "
                                         f"{plan.event}()")
     log_args = spec.log_args
-    attaching = plan.fn is not None
-    if attaching:
-        plan.fn = _attaching(cast(Callable[..., Any], plan.fn))
+    plan.body_wrappers += (_attaching,)
+    to_plain = target.plain["to_state"]
 
-    def write_row(f: core._Firing) -> None:  # pyright: ignore[reportPrivateUsage]
+    def row_values(f: core._Firing, to_state: Any = _WRITTEN,  # pyright: ignore[reportPrivateUsage]
+                   attached: Mapping[str, Any] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The row's values: of the transition written, or of the error state entered
+        instead (``to_state``), with the body's attachments and litestate's ``extra``."""
         values = dict(fixed)
+        if to_state is not _WRITTEN:
+            values[keys["to_state"]] = to_plain(to_state)
         values[keys["from_state"]] = from_plain(f.current)
         state_key = f.state.key[1]
         for col, index, attr in refs:
@@ -283,22 +288,47 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
             bound = signature.bind(f.obj, *f.args, **f.kwargs)
             bound.apply_defaults()
             given = {**given, **{n: bound.arguments[n] for n in log_args}}
-        if attaching:
-            attached = _FINISHED.get()
-            _FINISHED.set(None)
-            if attached:
-                given = {**given, **attached}
+        if attached:
+            given = {**given, **attached}
         for key, value in given.items():
             column_key = fill.get(key)
             if column_key is None:
                 data[key] = value
             else:
                 values[column_key] = value
+        if extra:
+            data.update(extra)
         values[data_key] = data
-        assert f.conn is not None
-        f.conn.execute(insert, values)
+        return values
 
+    def write_row(f: core._Firing) -> None:  # pyright: ignore[reportPrivateUsage]
+        assert f.conn is not None
+        attached = take_attached() if f.plan.fn is not None else None
+        f.conn.execute(insert, row_values(f, attached=attached))
+
+    plan.extras[LOG_ROW] = LogRow(insert, row_values)
     return write_row
+
+
+def take_attached() -> dict[str, Any] | None:
+    """What the body that just finished attached with :func:`log_data` (once)."""
+    attached = _FINISHED.get()
+    if attached is not None:
+        _FINISHED.set(None)
+    return attached
+
+
+#: ``plan.extras`` key: the plan's log row, for the modules that write one of their own.
+LOG_ROW = "litestate.history"
+_WRITTEN: Any = object()
+
+
+class LogRow(NamedTuple):
+    """A plan's log INSERT and its values: ``values(firing, to_state=..., attached=...,
+    extra=...)``."""
+
+    insert: Any
+    values: Callable[..., dict[str, Any]]
 
 
 def _attaching(fn: Callable[..., Any]) -> Callable[..., Any]:

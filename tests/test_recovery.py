@@ -1,0 +1,604 @@
+"""Error states (``on_error=``): a raising body leaves its row in a state that says so,
+with the error recorded, in the caller's transaction and past its rollback; on SQLite
+and PostgreSQL (and asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    configure_mappers,
+    mapped_column,
+    object_session,
+)
+
+import litestate
+import litestate.aio
+from litestate import (
+    ConflictError,
+    DeclarationError,
+    GuardError,
+    InvalidStateError,
+    TransitionLog,
+    history,
+    log_data,
+    recovery,
+    state_column,
+    transition,
+    transitions,
+)
+from litestate.sqlite import enable_savepoints
+from tests.conftest import FROZEN, SignalLog, load
+
+
+class RecoveryBase(DeclarativeBase):
+    pass
+
+
+class JobLog(TransitionLog, RecoveryBase):
+    __tablename__ = "rec_job_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("rec_jobs.id"))
+
+
+class FetchFailed(Exception):
+    pass
+
+
+class Stop(BaseException):
+    """Not an Exception: a cancellation, a KeyboardInterrupt."""
+
+
+@state_column("status", log=JobLog, changed_at="status_changed_at", attempts="attempts",
+              last_error="last_error", last_error_at="last_error_at")
+class Job(RecoveryBase):
+    __tablename__ = "rec_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="queued")
+    status_changed_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.String(200))
+    last_error_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(sa.String(40))
+
+    @transition(frm=["queued", "fetch_failed"], to="fetching")
+    def start(self) -> None:
+        pass
+
+    @transition(frm="fetching", to="fetched", on_error="fetch_failed")
+    def fetch(self, fail: bool = True, message: str = "upstream said no") -> None:
+        self.note = "written by the body"
+        log_data(url="https://example.com/1")
+        if fail:
+            raise FetchFailed(message)
+
+    @transition(frm="fetching", to="fetched", on_error="fetch_failed", lock=True)
+    def fetch_locked(self) -> None:
+        raise FetchFailed("locked and failed")
+
+    @transition(frm="fetching", to="fetched", on_error="fetch_failed",
+                guard=lambda job: job.note != "blocked")
+    def fetch_guarded(self) -> None:
+        raise FetchFailed("never runs")
+
+    @transition(frm="fetching", to="fetched", on_error="fetch_failed")
+    def fetch_interrupted(self) -> None:
+        raise Stop()
+
+    @transition(frm="fetching", to="fetched", on_error="fetch_failed")
+    def fetch_and_roll_back(self) -> None:
+        session = object_session(self)
+        assert session is not None
+        session.rollback()
+
+    @transition(frm="fetch_failed", to="fetching", guard=lambda job: job.attempts < 3)
+    def retry(self) -> None:
+        pass
+
+
+@pytest.fixture
+def db(engine: sa.Engine) -> Iterator[sa.Engine]:
+    RecoveryBase.metadata.drop_all(engine)
+    RecoveryBase.metadata.create_all(engine)
+    yield engine
+    RecoveryBase.metadata.drop_all(engine)
+
+
+def new_job(engine: sa.Engine, status: str = "fetching") -> int:
+    with Session(engine) as session, session.begin():
+        session.add(Job(id=1, status=status))
+    return 1
+
+
+def row(engine: sa.Engine, ident: int = 1) -> dict[str, Any]:
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(Job.__table__).where(Job.__table__.c.id == ident))
+        return dict(found.mappings().one())
+
+
+def log_rows(engine: sa.Engine) -> list[tuple[str, str, str, dict[str, Any]]]:
+    with Session(engine) as session:
+        return [(r.event, r.from_state, r.to_state, r.data)
+                for r in session.scalars(sa.select(JobLog).order_by(JobLog.id))]
+
+
+ERROR_ROW = ("fetch", "fetching", "fetch_failed",
+             {"url": "https://example.com/1",
+              "error": {"type": "tests.test_recovery.FetchFailed",
+                        "message": "upstream said no"}})
+
+
+def fetch_in_a_worker(engine: sa.Engine, ident: int = 1, **kwargs: Any) -> FetchFailed:
+    """The job pattern: the exception leaves ``with session.begin()``, which rolls back."""
+    with pytest.raises(FetchFailed) as raised, Session(engine) as session, session.begin():
+        load(session, Job, ident).fetch(**kwargs)
+    return raised.value
+
+
+# -- the job pattern ---------------------------------------------------------------------
+
+
+def test_the_job_pattern_ends_in_the_error_state_with_the_error_recorded(
+        db: sa.Engine, signals: SignalLog, frozen_clock: datetime) -> None:
+    new_job(db)
+    error = fetch_in_a_worker(db)
+    assert str(error) == "upstream said no"
+    assert not getattr(error, "__notes__", None)
+    saved = row(db)
+    assert saved["status"] == "fetch_failed"
+    assert saved["attempts"] == 1
+    assert saved["last_error"] == "tests.test_recovery.FetchFailed: upstream said no"
+    assert saved["last_error_at"] == FROZEN
+    assert saved["status_changed_at"] == FROZEN
+    assert saved["note"] is None  # the body's write rolled back
+    assert log_rows(db) == [ERROR_ROW]
+    [failed] = signals.of("transition-failed")
+    assert failed.payload["error"] is error
+    assert failed.payload["error_state"] == "fetch_failed"
+    assert signals.of("transition-committed") == []
+    assert signals.of("transition-succeeded") == []
+
+
+def test_the_error_state_is_an_ordinary_state_that_a_retry_leaves(db: sa.Engine) -> None:
+    new_job(db)
+    for attempt in (1, 2, 3):
+        fetch_in_a_worker(db)
+        assert row(db)["attempts"] == attempt
+        with Session(db) as session, session.begin():
+            job = load(session, Job, 1)
+            if attempt < 3:
+                job.retry()
+            else:
+                with pytest.raises(GuardError):
+                    job.retry()
+    with Session(db) as session:
+        job = load(session, Job, 1)
+        assert job.status == "fetch_failed"
+        assert [r.to_state for r in history(job)] == ["fetch_failed", "fetching"] * 2 + [
+            "fetch_failed"]
+
+
+def test_a_caller_that_catches_and_commits_keeps_the_record_once_with_its_work(
+        db: sa.Engine) -> None:
+    new_job(db)
+    with Session(db) as session, session.begin():
+        job = load(session, Job, 1)
+        with pytest.raises(FetchFailed):
+            job.fetch()
+        assert job.status == "fetch_failed"
+        assert job.attempts == 1
+        assert job.last_error is not None
+        assert job.note is None
+        session.add(Job(id=2, status="queued"))  # the caller's own work
+    assert row(db)["status"] == "fetch_failed"
+    assert row(db)["attempts"] == 1
+    assert row(db, 2)["status"] == "queued"
+    assert log_rows(db) == [ERROR_ROW]  # not written twice
+
+
+def test_the_record_survives_a_rollback_after_the_caller_wrote_the_row(
+        db: sa.Engine) -> None:
+    new_job(db)
+    def work(session: Session) -> None:
+        job = load(session, Job, 1)
+        job.note = "the caller's"
+        session.flush()  # the caller's transaction holds the row
+        job.fetch()
+
+    with pytest.raises(FetchFailed), Session(db) as session, session.begin():
+        work(session)
+    assert row(db)["status"] == "fetch_failed"
+    assert row(db)["note"] is None  # the caller's rolled-back edit is not in the record
+    assert log_rows(db) == [ERROR_ROW]
+
+
+def test_the_record_survives_a_rollback_after_lock_true(db: sa.Engine) -> None:
+    new_job(db)
+    with pytest.raises(FetchFailed), Session(db) as session, session.begin():
+        load(session, Job, 1).fetch_locked()
+    assert row(db)["status"] == "fetch_failed"
+    assert row(db)["attempts"] == 1
+    assert [event for event, *_ in log_rows(db)] == ["fetch_locked"]
+
+
+def test_a_rolled_back_savepoint_of_the_caller_does_not_lose_the_record(
+        db: sa.Engine) -> None:
+    new_job(db)
+    with Session(db) as session, session.begin():
+        job = load(session, Job, 1)
+        with pytest.raises(FetchFailed), session.begin_nested():
+            job.fetch()
+        session.add(Job(id=2))
+    assert row(db)["status"] == "fetch_failed"
+    assert row(db)["attempts"] == 1
+    assert row(db, 2)["status"] == "queued"
+    assert len(log_rows(db)) == 1
+
+
+def test_a_released_savepoint_hands_the_record_to_the_callers_commit(db: sa.Engine) -> None:
+    new_job(db)
+    with Session(db) as session, session.begin():
+        job = load(session, Job, 1)
+        with session.begin_nested(), pytest.raises(FetchFailed):
+            job.fetch()
+    assert row(db)["attempts"] == 1
+    assert len(log_rows(db)) == 1
+
+
+def test_a_body_that_rolls_back_the_session_still_leaves_the_record(db: sa.Engine) -> None:
+    new_job(db)
+    with Session(db) as session:
+        job = load(session, Job, 1)
+        with pytest.raises(sa_exc.InvalidRequestError, match="rolled back or closed"):
+            job.fetch_and_roll_back()
+    assert row(db)["status"] == "fetch_failed"
+    assert row(db)["attempts"] == 1
+    assert [event for event, *_ in log_rows(db)] == ["fetch_and_roll_back"]
+
+
+def test_the_record_after_a_rollback_needs_the_row_as_it_was_read(db: sa.Engine) -> None:
+    """Moved to fetching in the same transaction, the row is back in ``queued`` after the
+    rollback: there is no failed fetch to record, and a note on the error says so."""
+    new_job(db, status="queued")
+    def work(session: Session) -> None:
+        job = load(session, Job, 1)
+        job.start()
+        job.fetch()
+
+    with pytest.raises(FetchFailed) as raised, Session(db) as session, session.begin():
+        work(session)
+    assert row(db)["status"] == "queued"
+    assert row(db)["attempts"] == 0
+    assert log_rows(db) == []
+    assert any("no longer 'fetching'" in note for note in raised.value.__notes__)
+
+
+def test_a_connection_in_the_callers_transaction_is_never_written_past(
+        db: sa.Engine) -> None:
+    new_job(db)
+    with db.connect() as conn:
+        outer = conn.begin()
+        session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        with session, pytest.raises(FetchFailed) as raised, session.begin():
+            load(session, Job, 1).fetch()
+        outer.rollback()
+    assert row(db)["status"] == "fetching"
+    assert log_rows(db) == []
+    assert any("does not write past" in note for note in raised.value.__notes__)
+
+
+# -- what never enters the error state -----------------------------------------------------
+
+
+def test_refusals_never_enter_the_error_state(db: sa.Engine, new_session: Any) -> None:
+    new_job(db, status="queued")
+    with Session(db) as session, pytest.raises(InvalidStateError):
+        load(session, Job, 1).fetch()
+    with Session(db) as session, session.begin():
+        load(session, Job, 1).start()
+    with Session(db, expire_on_commit=False) as session:
+        job = load(session, Job, 1)
+        job.note = "blocked"
+        with pytest.raises(GuardError):
+            job.fetch_guarded()
+        session.rollback()
+        job = load(session, Job, 1)
+        assert job.status == "fetching"
+        session.commit()  # SQLite: a reading transaction would keep the other writer out
+        with new_session() as other, other.begin():
+            load(other, Job, 1).fetch(fail=False)  # another worker gets there first
+        with pytest.raises(ConflictError):
+            job.fetch()
+        session.commit()
+    assert row(db)["status"] == "fetched"
+    assert row(db)["attempts"] == 0
+    assert [to for _, _, to, _ in log_rows(db)] == ["fetching", "fetched"]
+
+
+def test_a_base_exception_is_not_an_error_to_record(db: sa.Engine) -> None:
+    new_job(db)
+    with pytest.raises(Stop), Session(db) as session, session.begin():
+        load(session, Job, 1).fetch_interrupted()
+    assert row(db)["status"] == "fetching"
+    assert log_rows(db) == []
+
+
+def test_a_successful_body_is_an_ordinary_transition(db: sa.Engine, signals: SignalLog) -> None:
+    new_job(db)
+    with Session(db) as session, session.begin():
+        load(session, Job, 1).fetch(fail=False)
+    assert row(db)["status"] == "fetched"
+    assert row(db)["attempts"] == 0
+    assert row(db)["last_error"] is None
+    assert [to for _, _, to, _ in log_rows(db)] == ["fetched"]
+    assert len(signals.of("transition-committed")) == 1
+
+
+# -- the record --------------------------------------------------------------------------
+
+
+def test_messages_are_cut_to_the_column_and_to_the_limit(db: sa.Engine) -> None:
+    new_job(db)
+    fetch_in_a_worker(db, message="x" * 5000)
+    saved = row(db)["last_error"]
+    assert len(saved) == 200
+    assert saved.endswith("…")
+    [(*_, data)] = log_rows(db)
+    assert len(data["error"]["message"]) == recovery.MESSAGE_LIMIT
+    assert recovery.describe(ValueError("")) == ("ValueError", "")
+
+
+def test_transitions_lists_the_error_state() -> None:
+    by_event = {t.event: t for t in transitions(Job)}
+    assert by_event["fetch"].on_error == "fetch_failed"
+    assert by_event["retry"].on_error is None
+
+
+# -- an object outside a session ------------------------------------------------------------
+
+
+@dataclass
+@state_column("status", changed_at="changed", attempts="tries", last_error="error")
+class Task:
+    status: str = "running"
+    changed: datetime | None = None
+    tries: int = 0
+    error: str | None = None
+    log: list[str] = field(default_factory=list)
+
+    @transition(frm="running", to="done", on_error="failed")
+    def finish(self) -> None:
+        raise FetchFailed("in memory")
+
+
+def test_an_object_outside_a_session_shows_the_error_state(
+        signals: SignalLog, frozen_clock: datetime) -> None:
+    task = Task()
+    with pytest.raises(FetchFailed):
+        task.finish()
+    assert (task.status, task.tries, task.error, task.changed) == (
+        "failed", 1, "tests.test_recovery.FetchFailed: in memory", FROZEN)
+    assert signals.of("transition-failed")[0].payload["error_state"] == "failed"
+
+
+# -- declarations ------------------------------------------------------------------------
+
+
+def declare(**options: Any) -> type:
+    class Base(DeclarativeBase):
+        pass
+
+    column_options = {k: v for k, v in options.items() if k != "on_error"}
+
+    @state_column("status", **column_options)
+    class Thing(Base):
+        __tablename__ = "things"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        status: Mapped[str] = mapped_column(sa.String(20))
+        count: Mapped[int] = mapped_column(default=0)
+        text: Mapped[str | None] = mapped_column(sa.String(20))
+        when: Mapped[datetime | None]
+
+        @transition(frm="a", to="b", on_error=options.get("on_error", "c"))
+        def go(self) -> None:
+            pass
+
+    configure_mappers()
+    return Thing
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"on_error": "b"}, "on_error='b' is the state it writes"),
+    ({"on_error": "*"}, "on_error='\\*'"),
+    ({"on_error": True}, "on_error=True"),
+    ({"attempts": "text"}, "attempts column 'text' is VARCHAR\\(20\\), not an Integer"),
+    ({"attempts": "nope"}, "attempts column 'nope' is not a column of things"),
+    ({"last_error": "count"}, "last_error column 'count' is INTEGER, not a String"),
+    ({"last_error_at": "text"}, "timestamp column 'text' is VARCHAR\\(20\\), not a DateTime"),
+    ({"attempts": ""}, "attempts=''"),
+])
+def test_bad_error_state_declarations_name_the_bad_value(options: dict[str, Any],
+                                                         message: str) -> None:
+    with pytest.raises((DeclarationError, RuntimeError), match=message):
+        declare(**options)
+
+
+def test_a_good_declaration_compiles() -> None:
+    thing = declare(attempts="count", last_error="text", last_error_at="when")
+    assert transitions(thing)[0].on_error == "c"
+
+
+# -- past the caller's rollback: never a hang --------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_row_locked_by_another_transaction_delays_the_record_at_most_the_timeout(
+        pg: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another transaction takes the row the moment the worker's rollback releases it:
+    the record, written again after the rollback, gives up after LOCK_TIMEOUT and says
+    so on the error, and nothing hangs."""
+    RecoveryBase.metadata.drop_all(pg)
+    RecoveryBase.metadata.create_all(pg)
+    new_job(pg)
+    monkeypatch.setattr(recovery, "LOCK_TIMEOUT", 0.2)
+    with Session(pg) as holder:
+        worker = Session(pg)
+
+        def take_the_row(session: Session) -> None:
+            if session.get_nested_transaction() is None:  # the worker's, not a SAVEPOINT's
+                holder.execute(sa.select(Job).where(Job.id == 1).with_for_update()).one()
+
+        sa_event.listen(worker, "after_rollback", take_the_row)
+        with pytest.raises(FetchFailed) as raised, worker, worker.begin():
+            load(worker, Job, 1).fetch()
+        holder.rollback()
+    assert any("could not record its error state" in note and "lock timeout" in note
+               for note in raised.value.__notes__)
+    assert row(pg)["status"] == "fetching"
+    assert log_rows(pg) == []
+    RecoveryBase.metadata.drop_all(pg)
+
+
+@pytest.mark.postgres
+def test_workers_in_threads_record_every_failure(pg: sa.Engine) -> None:
+    RecoveryBase.metadata.drop_all(pg)
+    RecoveryBase.metadata.create_all(pg)
+    with Session(pg) as session, session.begin():
+        session.add_all(Job(id=i, status="fetching") for i in range(1, 41))
+    errors: list[BaseException] = []
+
+    def work(first: int) -> None:
+        for ident in range(first, 41, 4):
+            try:
+                with Session(pg) as session, session.begin():
+                    load(session, Job, ident).fetch()
+            except FetchFailed:
+                pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with Session(pg) as session:
+        statuses = session.scalars(sa.select(Job.status)).all()
+        assert statuses == ["fetch_failed"] * 40
+        assert session.scalar(sa.select(sa.func.count()).select_from(JobLog)) == 40
+    RecoveryBase.metadata.drop_all(pg)
+
+
+# -- asyncio -----------------------------------------------------------------------------
+
+
+def async_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    if request.param == "aiosqlite":
+        path = tmp_path / "recovery.db"
+        return f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
+    url = sa.make_url(request.getfixturevalue("postgres_url"))
+    return (url.set(drivername="postgresql+psycopg").render_as_string(False),
+            url.set(drivername="postgresql+asyncpg").render_as_string(False))
+
+
+@pytest.fixture(params=["aiosqlite", pytest.param("asyncpg", marks=pytest.mark.postgres)])
+def async_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[sa.Engine, str]]:
+    sync_url, async_url = async_urls(request, tmp_path)
+    engine = sa.create_engine(sync_url)
+    if engine.dialect.name == "sqlite":
+        enable_savepoints(engine)
+    RecoveryBase.metadata.drop_all(engine)
+    RecoveryBase.metadata.create_all(engine)
+    yield engine, async_url
+    RecoveryBase.metadata.drop_all(engine)
+    engine.dispose()
+
+
+def test_the_job_pattern_under_an_async_session(async_db: tuple[sa.Engine, str]) -> None:
+    engine, url = async_db
+    new_job(engine)
+
+    async def worker() -> None:
+        aengine = create_async_engine(url)
+        if aengine.dialect.name == "sqlite":
+            enable_savepoints(aengine)
+        try:
+            async def work() -> None:
+                async with AsyncSession(aengine) as session, session.begin():
+                    job = await session.get_one(Job, 1)
+                    await litestate.aio.call(job.fetch)
+
+            with pytest.raises(FetchFailed):
+                await work()
+        finally:
+            await aengine.dispose()
+
+    asyncio.run(asyncio.wait_for(worker(), 60))
+    assert row(engine)["status"] == "fetch_failed"
+    assert row(engine)["attempts"] == 1
+    assert log_rows(engine) == [ERROR_ROW]
+
+
+# -- every sequence ----------------------------------------------------------------------
+
+STEPS = st.lists(st.tuples(st.sampled_from(["fetch_ok", "fetch_fail", "retry", "start"]),
+                           st.sampled_from(["commit", "rollback", "catch_and_commit"])),
+                 max_size=8)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS)
+def test_the_log_always_matches_the_row(db: sa.Engine,
+                                        steps: list[tuple[str, str]]) -> None:
+    """Whatever the worker does and however its transaction ends, the log's last state is
+    the row's, each row follows the one before, and every failure the row shows is one
+    the log shows."""
+    with Session(db) as session, session.begin():
+        session.execute(sa.delete(JobLog))
+        session.execute(sa.delete(Job))
+        session.add(Job(id=1, status="queued"))
+    for action, ending in steps:
+        session = Session(db)
+        try:
+            with session.begin():
+                job = load(session, Job, 1)
+                try:
+                    if action == "fetch_ok":
+                        job.fetch(fail=False)
+                    elif action == "fetch_fail":
+                        job.fetch()
+                    else:
+                        getattr(job, action)()
+                except (FetchFailed, litestate.TransitionError):
+                    if ending != "catch_and_commit":
+                        raise
+                if ending == "rollback":
+                    raise FetchFailed("the caller rolls back")
+        except (FetchFailed, litestate.TransitionError):
+            pass
+        finally:
+            session.close()
+    saved = row(db)
+    logged = log_rows(db)
+    states = ["queued"] + [to for _, _, to, _ in logged]
+    assert all(frm == states[i] for i, (_, frm, _, _) in enumerate(logged))
+    assert states[-1] == saved["status"]
+    assert saved["attempts"] == sum(1 for *_, to, _ in logged if to == "fetch_failed")
