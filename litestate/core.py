@@ -1741,9 +1741,10 @@ def _needs_savepoint(plan: _Plan, sender: type) -> bool:
 def _atomic_section(f: _Firing) -> Any:
     plan, session = f.plan, f.session
     try:
-        f.conn = session.connection(bind_arguments=plan.bind)
         if _needs_savepoint(plan, f.obj.__class__):
             _open_savepoint(f)
+        else:
+            f.conn = session.connection(bind_arguments=plan.bind)
         if _write(f):
             _run_body(f)
         _close_savepoint(f)
@@ -1758,19 +1759,26 @@ def _atomic_section(f: _Firing) -> Any:
 
 
 def _open_savepoint(f: _Firing) -> None:
-    assert f.conn is not None
-    _begin_pysqlite(f.conn)
-    f.savepoint = f.session.begin_nested()  # flushes: an unsaved key edit is written now
-    f.session.info.setdefault(_OPEN, []).append(f.savepoint)
+    session = f.session
+    bind = session.get_bind(**f.plan.bind)  # resolved once: connection() would twice
+    if bind.dialect.name == "sqlite":
+        _begin_pysqlite(session.connection(bind_arguments={"bind": bind}))
+    f.savepoint = session.begin_nested()  # flushes: an unsaved key edit is written now
+    session.info.setdefault(_OPEN, []).append(f.savepoint)
     # The SAVEPOINT is sent when the nested transaction first asks for its connection.
-    f.conn = f.session.connection(bind_arguments=f.plan.bind)
+    f.conn = session.connection(bind_arguments={"bind": bind})
+
+
+#: Engines that ``litestate.sqlite.enable_savepoints`` set up: SQLAlchemy begins their
+#: transactions itself.
+savepoints_enabled: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def _begin_pysqlite(conn: sa.Connection) -> None:
     """pysqlite's legacy transaction control sends no BEGIN before a SAVEPOINT, which then
     opens a transaction of its own that RELEASE commits. Begin one first, as
     ``litestate.sqlite.enable_savepoints`` makes SQLAlchemy do on every transaction."""
-    if conn.dialect.name != "sqlite":
+    if conn.dialect.name != "sqlite" or conn.engine in savepoints_enabled:
         return
     driver: Any = conn.connection.driver_connection  # sqlite3's, or the one aiosqlite wraps
     legacy = isinstance(driver, sqlite3.Connection) or conn.dialect.driver == "aiosqlite"
@@ -1872,6 +1880,8 @@ def _still_open(session: Session, savepoint: SessionTransaction) -> bool:
     """Whether ``savepoint`` is still in the session's chain of transactions (active, or
     deactivated by a failed flush inside it), not closed by a rollback or close()."""
     trans = session.get_nested_transaction()
+    if trans is savepoint:  # the common case: nothing the body opened is still open
+        return True
     while trans is not None and trans.nested:
         if trans is savepoint:
             return True

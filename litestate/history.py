@@ -263,6 +263,10 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
     log_args = spec.log_args
     plan.body_wrappers += (_attaching,)
     to_plain = target.plain["to_state"]
+    to_key, from_key = keys["to_state"], keys["from_state"]
+    # The states it starts from, as the log stores them: computed once.
+    from_known = {} if plan.frm is None else {state: from_plain(state) for state in plan.frm}
+    refs_by_key = tuple((col.key, index, attr) for col, index, attr in refs)
 
     def row_values(f: core._Firing, to_state: Any = _WRITTEN,  # pyright: ignore[reportPrivateUsage]
                    attached: Mapping[str, Any] | None = None,
@@ -271,19 +275,25 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
         instead (``to_state``), with the body's attachments and litestate's ``extra``."""
         values = dict(fixed)
         if to_state is not _WRITTEN:
-            values[keys["to_state"]] = to_plain(to_state)
-        values[keys["from_state"]] = from_plain(f.current)
+            values[to_key] = to_plain(to_state)
+        current = f.current
+        plain = from_known.get(current, _WRITTEN)
+        values[from_key] = from_plain(current) if plain is _WRITTEN else plain
         state_key = f.state.key[1]
-        for col, index, attr in refs:
-            values[col.key] = state_key[index] if index is not None else getattr(f.obj, attr)
+        for key, index, attr in refs_by_key:
+            values[key] = state_key[index] if index is not None else getattr(f.obj, attr)
         at = f.at if f.at is not None else core._clock()  # pyright: ignore[reportPrivateUsage]
-        if at_aware and at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)  # litestate's naive clock readings are UTC
-        elif not at_aware and at.tzinfo is not None:
+        if at.tzinfo is None:
+            if at_aware:
+                at = at.replace(tzinfo=UTC)  # litestate's naive clock readings are UTC
+        elif not at_aware:
             at = at.astimezone(UTC).replace(tzinfo=None)
         values[at_key] = at
-        data: dict[str, Any] = {}
         given = _CONTEXT.get()
+        if not given and signature is None and not attached and not extra:
+            values[data_key] = {}
+            return values
+        data: dict[str, Any] = {}
         if signature is not None:
             bound = signature.bind(f.obj, *f.args, **f.kwargs)
             bound.apply_defaults()

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import Engine, event
 
+from litestate.core import savepoints_enabled
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -58,4 +60,5 @@ def enable_savepoints(engine: _E, *, begin: Begin = "DEFERRED") -> _E:
     def _begin(connection: Any) -> None:
         connection.exec_driver_sql(statement)
 
+    savepoints_enabled.add(sync_engine)  # litestate need not check the driver's state
     return engine
