@@ -23,16 +23,20 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 from examples.models import (
+    UPSTREAM,
     Base,
+    FetchJob,
     PaymentIntent,
     RateConfigType,
     StatutoryRateConfig,
     Subscription,
     Todo,
+    UpstreamDown,
 )
 from litestate import (
     TransitionError,
     available_transitions,
+    history,
     transition_committed,
     transition_failed,
     transition_invalid,
@@ -61,8 +65,10 @@ def on_invalid(sender: type, *, event: str, reason: str, **extra: Any) -> None:
     print(f"  signal invalid    {sender.__name__}: {event}() refused ({reason})")
 
 
-def on_failed(sender: type, *, event: str, error: BaseException, **extra: Any) -> None:
-    print(f"  signal failed     {sender.__name__}: {event}() raised {error!r}")
+def on_failed(sender: type, *, event: str, error: BaseException, error_state: Any = None,
+              **extra: Any) -> None:
+    into = f", into {_name(error_state)}" if error_state is not None else ""
+    print(f"  signal failed     {sender.__name__}: {event}() raised {error!r}{into}")
 
 
 def _name(state: Any) -> str:
@@ -199,6 +205,46 @@ def run(engine: Engine) -> None:
         session.commit()
 
         show("\nRecords now:", todo, follower, intent, subscription, old_rate, new_rate)
+    jobs(engine)
+
+
+def work(engine: Engine, job_id: int) -> None:
+    """A queue worker's two steps, each in its own transaction."""
+    with Session(engine) as session, session.begin():
+        job = session.get(FetchJob, job_id)
+        assert job is not None
+        job.start()
+    with Session(engine) as session, session.begin():
+        job = session.get(FetchJob, job_id)
+        assert job is not None
+        job.fetch()  # a raise leaves this `with`, which rolls back: the error state stays
+
+
+def jobs(engine: Engine) -> None:
+    """An error state survives the worker's rollback, a retry leaves it, history shows it."""
+    with Session(engine) as session, session.begin():
+        session.add(FetchJob(id=1, url="https://upstream.example/report"))
+    print("\nA job whose fetch fails: the exception rolls the worker's transaction back")
+    UPSTREAM["up"] = False
+    try:
+        work(engine, 1)
+    except UpstreamDown as error:
+        print(f"  {error!r} propagated")
+    with Session(engine) as session:
+        job = session.get(FetchJob, 1)
+        assert job is not None
+        print(f"  job 1 is {job.status}, attempts={job.attempts}, last_error={job.last_error!r}")
+    print("The upstream is back: the retry starts from fetch_failed")
+    UPSTREAM["up"] = True
+    work(engine, 1)
+    with Session(engine) as session:
+        job = session.get(FetchJob, 1)
+        assert job is not None
+        print(f"  job 1 is {job.status} ({job.response}); its history:")
+        for row in history(job):
+            failure = row.data.get("error")
+            print(f"    {row.event}(): {row.from_state} -> {row.to_state}"
+                  + (f"  [{failure['type']}: {failure['message']}]" if failure else ""))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Todo (five transitions with audit events, a transition inside a transition), PaymentIntent
 (a Python Enum column, a named timestamp per state), Subscription (two state columns, a
-reason argument, a guard by method name) and StatutoryRateConfig (a body that locks).
+reason argument, a guard by method name), StatutoryRateConfig (a body that locks) and
+FetchJob (a history table and an error state that a retry leaves).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, object_session
 
-from litestate import state_column, transition
+from litestate import TransitionLog, log_data, state_column, transition
 
 
 class Base(DeclarativeBase):
@@ -228,3 +229,47 @@ class StatutoryRateConfig(Base):
     @transition(frm=["inactive", "active"], to="archived", column="status")
     def archive(self) -> None:
         pass
+
+
+class FetchJobLog(TransitionLog, Base):
+    """FetchJob's history: one row per transition, and one per failure."""
+
+    __tablename__ = "fetch_job_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("fetch_jobs.id"))
+
+
+class UpstreamDown(Exception):
+    """What the demo's upstream raises while it is down."""
+
+
+#: The demo's upstream: the first fetch finds it down.
+UPSTREAM = {"up": True}
+
+
+@state_column("status", log=FetchJobLog, changed_at="status_changed_at",
+              attempts="attempts", last_error="last_error", last_error_at="last_error_at")
+class FetchJob(Base):
+    """A queue job (flow_state's example): fetch, fail into fetch_failed, retry."""
+
+    __tablename__ = "fetch_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(sa.String(200))
+    status: Mapped[str] = mapped_column(sa.String(20), default="queued")
+    status_changed_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    last_error_at: Mapped[datetime | None]
+    response: Mapped[str | None] = mapped_column(sa.String(200))
+
+    @transition(frm=["queued", "fetch_failed"], to="fetching",
+                guard=lambda job: job.attempts < 3)
+    def start(self) -> None:
+        pass
+
+    @transition(frm="fetching", to="fetched", on_error="fetch_failed")
+    def fetch(self) -> None:
+        log_data(url=self.url)
+        if not UPSTREAM["up"]:
+            raise UpstreamDown(f"503 from {self.url}")
+        self.response = "200 OK"

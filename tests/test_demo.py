@@ -31,6 +31,12 @@ def test_the_demo_runs_and_prints_transitions_signals_refusals_and_actions(
     assert "cancel returned 'fraud'" in out
     assert "StatutoryRateConfig 1 is inactive" in out
     assert "StatutoryRateConfig 2 is active; allowed now: archive" in out
+    assert "job 1 is fetch_failed, attempts=1, last_error='examples.models.UpstreamDown" in out
+    assert "into fetch_failed" in out
+    assert out.count("job 1 is fetched (200 OK); its history:\n") == 1
+    assert ("    fetch(): fetching -> fetch_failed  [examples.models.UpstreamDown: 503 from "
+            "https://upstream.example/report]\n    start(): fetch_failed -> fetching\n"
+            "    fetch(): fetching -> fetched\n") in out
     assert made_by_demo(tmp_path / "demo.db")
     assert not litestate.transition_succeeded.receivers  # the demo cleaned up after itself
 
