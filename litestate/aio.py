@@ -28,7 +28,7 @@ from sqlalchemy.orm import InstanceState, object_session
 
 from litestate import _sqla, core
 
-__all__ = ["actions", "available_transitions", "call", "can_transition", "fire"]
+__all__ = ["actions", "available_transitions", "call", "can_transition", "fire", "history"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -80,6 +80,15 @@ async def available_transitions(obj: object) -> list[str]:
 async def actions(obj: object) -> list[core.Action]:
     """:func:`litestate.actions`, loading expired attributes and awaiting async guards."""
     found: list[core.Action] = await _sqla.greenlet_spawn(core.actions, obj)
+    return found
+
+
+async def history(obj: object) -> list[Any]:
+    """:func:`litestate.history` for an object in an ``AsyncSession``: its log rows,
+    oldest first."""
+    from litestate.history import history as rows_of
+
+    found: list[Any] = await _sqla.greenlet_spawn(rows_of, obj)
     return found
 
 

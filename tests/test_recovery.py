@@ -107,6 +107,14 @@ class Job(RecoveryBase):
         assert session is not None
         session.rollback()
 
+    @transition(frm="fetching", to="fetched", on_error="fetch_failed")
+    async def fetch_async(self, fail: bool = True) -> None:
+        await asyncio.sleep(0)
+        log_data(url="https://example.com/async")
+        await asyncio.sleep(0)
+        if fail:
+            raise FetchFailed("async upstream said no")
+
     @transition(frm="fetch_failed", to="fetching", guard=lambda job: job.attempts < 3)
     def retry(self) -> None:
         pass
@@ -531,6 +539,12 @@ def async_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     engine.dispose()
 
 
+async def aload(session: AsyncSession) -> Job:
+    job = await session.get(Job, 1)  # get_one is newer than litestate's SQLAlchemy floor
+    assert job is not None
+    return job
+
+
 def test_the_job_pattern_under_an_async_session(async_db: tuple[sa.Engine, str]) -> None:
     engine, url = async_db
     new_job(engine)
@@ -542,7 +556,7 @@ def test_the_job_pattern_under_an_async_session(async_db: tuple[sa.Engine, str])
         try:
             async def work() -> None:
                 async with AsyncSession(aengine) as session, session.begin():
-                    job = await session.get_one(Job, 1)
+                    job = await aload(session)
                     await litestate.aio.call(job.fetch)
 
             with pytest.raises(FetchFailed):
@@ -602,3 +616,39 @@ def test_the_log_always_matches_the_row(db: sa.Engine,
     assert all(frm == states[i] for i, (_, frm, _, _) in enumerate(logged))
     assert states[-1] == saved["status"]
     assert saved["attempts"] == sum(1 for *_, to, _ in logged if to == "fetch_failed")
+
+
+def test_an_async_body_attaches_to_its_row_and_fails_into_the_error_state(
+        async_db: tuple[sa.Engine, str]) -> None:
+    engine, url = async_db
+    new_job(engine)
+
+    async def worker() -> list[Any]:
+        aengine = create_async_engine(url)
+        if aengine.dialect.name == "sqlite":
+            enable_savepoints(aengine)
+        try:
+            async def fail() -> None:
+                async with AsyncSession(aengine) as session, session.begin():
+                    job = await aload(session)
+                    await job.fetch_async()
+
+            with pytest.raises(FetchFailed):
+                await fail()
+            async with AsyncSession(aengine) as session, session.begin():
+                job = await aload(session)
+                await litestate.aio.call(job.retry)
+                await job.fetch_async(fail=False)
+            async with AsyncSession(aengine) as session:
+                job = await aload(session)
+                return [(r.to_state, r.data) for r in await litestate.aio.history(job)]
+        finally:
+            await aengine.dispose()
+
+    rows = asyncio.run(asyncio.wait_for(worker(), 60))
+    assert rows == [
+        ("fetch_failed", {"url": "https://example.com/async",
+                          "error": {"type": "tests.test_recovery.FetchFailed",
+                                    "message": "async upstream said no"}}),
+        ("fetching", {}),
+        ("fetched", {"url": "https://example.com/async"})]
