@@ -66,6 +66,7 @@ class _Edge(NamedTuple):
     source: int | None
     target: int
     label: str
+    error: bool = False  # into an ``on_error`` state: drawn dashed where the format can
 
 
 class _Chart(NamedTuple):
@@ -131,6 +132,9 @@ def _chart(cls: type, obj: object, column: str, declared: Sequence[Transition]) 
     number = {state: i for i, state in enumerate(states)}
     edges = [_Edge(None if source is None else number[source], number[t.to], _edge_label(t))
              for t in declared for source in _sources(t, number)]
+    edges += [_Edge(None if source is None else number[source], number[t.on_error],
+                    f"{t.event} (error)", True)
+              for t in declared if t.on_error is not None for source in _sources(t, number)]
     return _Chart(f"{cls.__name__}.{column}", tuple(_label(s) for s in states),
                   None if initial is None else number[initial],
                   None if current is None else number[current], tuple(edges))
@@ -148,6 +152,8 @@ def _ordered_states(declared: Sequence[Transition], initial: Any, enum_values: S
         for state in sorted(t.frm or (), key=lambda s: _placing(s, seen, rank)):
             seen.setdefault(state, len(seen))
         seen.setdefault(t.to, len(seen))
+        if t.on_error is not None:
+            seen.setdefault(t.on_error, len(seen))
     for state in (initial, *enum_values, current):
         if state is not None:
             seen.setdefault(state, len(seen))
@@ -326,7 +332,8 @@ def _dot(chart: _Chart) -> str:
         lines.append(f"    initial -> s{chart.initial};")
     for edge in chart.edges:
         source = "any" if edge.source is None else f"s{edge.source}"
-        lines.append(f"    {source} -> s{edge.target} [label={_dot_text(edge.label)}];")
+        look = ", style=dashed" if edge.error else ""
+        lines.append(f"    {source} -> s{edge.target} [label={_dot_text(edge.label)}{look}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -652,3 +652,11 @@ def test_an_async_body_attaches_to_its_row_and_fails_into_the_error_state(
                                     "message": "async upstream said no"}}),
         ("fetching", {}),
         ("fetched", {"url": "https://example.com/async"})]
+
+
+def test_diagrams_draw_the_error_edges() -> None:
+    chart = litestate.diagram(Task)
+    assert 'state "failed" as s2' in chart
+    assert "    s0 --> s2: finish (error)\n" in chart
+    assert '    s0 -> s2 [label="finish (error)", style=dashed];\n' in litestate.diagram(
+        Task, format="dot")
