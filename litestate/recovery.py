@@ -32,6 +32,7 @@ never writes past a transaction it was not given.
 from __future__ import annotations
 
 import builtins
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
@@ -305,16 +306,20 @@ def _keep(session: Session, record: _Record, trans: SessionTransaction | None) -
 
 
 _listening = False
+_LISTENING = threading.Lock()
 
 
 def _listen() -> None:
     """The session events, listened to from the first error state on: a session without
-    one pays nothing."""
+    one pays nothing. Once, whichever threads get here first."""
     global _listening
-    if not _listening:
-        sa_event.listen(Session, "after_commit", _after_commit)
-        sa_event.listen(Session, "after_transaction_end", _after_transaction_end)
-        _listening = True
+    if _listening:
+        return
+    with _LISTENING:
+        if not _listening:
+            sa_event.listen(Session, "after_commit", _after_commit)
+            sa_event.listen(Session, "after_transaction_end", _after_transaction_end)
+            _listening = True
 
 
 def _after_commit(session: Session) -> None:
