@@ -1603,7 +1603,7 @@ class _Firing:
     extra steps: a history row, an error state)."""
 
     __slots__ = ("args", "at", "blind", "changed", "conn", "current", "error_state", "kwargs",
-                 "now", "obj", "old_changed", "old_ts", "plan", "result", "savepoint",
+                 "memo", "now", "obj", "old_changed", "old_ts", "plan", "result", "savepoint",
                  "session", "state", "version", "won")
 
     def __init__(self, plan: _Plan, obj: Any, state: Any, session: Session, current: Any,
@@ -1621,6 +1621,7 @@ class _Firing:
         self.old_changed: Any = _MISSING
         self.version: tuple[Any, Any] | None = None  # (read, written)
         self.error_state: Any = None  # the on_error state an on_failure step wrote
+        self.memo: Any = None  # what an extension's step keeps for its later steps
 
     def payload(self) -> dict[str, Any]:
         return _payload(self.plan, self.obj, self.current, self.args, self.kwargs)

@@ -49,7 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, object_session
 
-from litestate import core
+from litestate import _sqla, core
 
 __all__ = ["TransitionLog", "context", "history", "log_data"]
 
@@ -75,7 +75,7 @@ class TransitionLog:
     #: ``changed_at``). SQLite returns it naive.
     at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     #: The context's, ``log_args``' and :func:`log_data`'s values that name no column.
-    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, insert_default=dict)
 
 
 _OWN = ("event", "column", "from_state", "to_state", "at", "data")
@@ -118,6 +118,10 @@ def history(obj: object) -> list[Any]:
     session = object_session(obj)
     if session is None:
         raise sa_exc.InvalidRequestError(f"history({obj!r}): the object is in no session")
+    if not _sqla.in_greenlet() and session.get_bind(type(obj)).dialect.is_async:
+        raise sa_exc.MissingGreenlet(
+            f"history({obj!r}): its session belongs to an AsyncSession, whose SQL must be "
+            "awaited: use `await litestate.aio.history(obj)`; nothing was sent")
     state: Any = sa.inspect(obj)
     rows: list[Any] = []
     for target in targets.values():
@@ -167,6 +171,8 @@ def _extend(cls: type, plan: core._Plan) -> None:  # pyright: ignore[reportPriva
         if spec.log_args:
             raise core.DeclarationError(f"{who}: log_args={spec.log_args!r} without a log "
                                         "model (log= here or on the state column)")
+        if plan.mapped:  # log_data() in its body attaches to no other transition's row
+            plan.body_wrappers += (_detaching,)
         return
     assert isinstance(log, type)
     if not plan.mapped:
@@ -270,9 +276,11 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
 
     def row_values(f: core._Firing, to_state: Any = _WRITTEN,  # pyright: ignore[reportPrivateUsage]
                    attached: Mapping[str, Any] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   extra: Mapping[str, Any] | None = None, callers: bool = True
+                   ) -> dict[str, Any]:
         """The row's values: of the transition written, or of the error state entered
-        instead (``to_state``), with the body's attachments and litestate's ``extra``."""
+        instead (``to_state``), with the body's attachments, the context's and log_args'
+        values (unless ``callers`` is false) and litestate's ``extra``."""
         values = dict(fixed)
         if to_state is not _WRITTEN:
             values[to_key] = to_plain(to_state)
@@ -289,6 +297,9 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
         elif not at_aware:
             at = at.astimezone(UTC).replace(tzinfo=None)
         values[at_key] = at
+        if not callers:
+            values[data_key] = dict(extra) if extra else {}
+            return values
         given = _CONTEXT.get()
         if not given and signature is None and not attached and not extra:
             values[data_key] = {}
@@ -314,6 +325,7 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
     def write_row(f: core._Firing) -> None:  # pyright: ignore[reportPrivateUsage]
         assert f.conn is not None
         attached = take_attached() if f.plan.fn is not None else None
+        f.memo = attached  # an error state entered later keeps them too
         f.conn.execute(insert, row_values(f, attached=attached))
 
     plan.extras[LOG_ROW] = LogRow(insert, row_values)
@@ -339,6 +351,19 @@ class LogRow(NamedTuple):
 
     insert: Any
     values: Callable[..., dict[str, Any]]
+
+
+def _detaching(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The body of a transition without a log row: no row for :func:`log_data` to fill
+    (not even the row of a logged transition whose body fired this one)."""
+    def body(obj: object, *args: Any, **kwargs: Any) -> Any:
+        token = _ATTACHED.set(None)
+        try:
+            return fn(obj, *args, **kwargs)
+        finally:
+            _ATTACHED.reset(token)
+
+    return body
 
 
 def _attaching(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -62,6 +62,16 @@ class _ErrorColumns(NamedTuple):
     naive: bool  # last_error_at is a naive DateTime
 
 
+class _Write(NamedTuple):
+    """The error state's conditional UPDATE, and what a rewrite reads the row with."""
+
+    stmt: Any
+    key: tuple[tuple[str, Any], ...]  # (bind name, key column)
+    state: Any  # the state column
+    version: Any  # the version column, or None
+    generate: Callable[[Any], Any] | None  # the mapper's version generator, if in Python
+
+
 class _Record(NamedTuple):
     """One error state to write: now, in the caller's transaction, and again after a
     rollback that undid it."""
@@ -70,10 +80,10 @@ class _Record(NamedTuple):
     error_state: Any
     engine: sa.Engine
     conn: sa.Connection  # the session's: in a transaction after the session's end = not ours
-    stmt: Any
+    write: _Write
     params: dict[str, Any]
     log: LogRow | None
-    log_values: dict[str, Any] | None
+    log_values: tuple[dict[str, Any], ...]  # the row, then the row without the caller's values
     error: BaseException
 
 
@@ -90,8 +100,8 @@ def _extend(cls: type, plan: core._Plan) -> None:  # pyright: ignore[reportPriva
         plan.on_failure_in_memory += (_in_memory_step(plan, columns),)
         return
     mapper = cast(Mapper[Any], plan.bind["mapper"])
-    stmt, columns = _compile_update(who, plan, mapper, options)
-    plan.on_failure += (_session_step(who, plan, stmt, columns),)
+    write, columns = _compile_update(who, plan, mapper, options)
+    plan.on_failure += (_session_step(who, plan, write, columns),)
 
 
 def _names(options: Any) -> tuple[str | None, str | None, str | None]:
@@ -101,7 +111,7 @@ def _names(options: Any) -> tuple[str | None, str | None, str | None]:
 
 
 def _compile_update(who: str, plan: core._Plan, mapper: Mapper[Any],  # pyright: ignore[reportPrivateUsage]
-                    options: Any) -> tuple[Any, _ErrorColumns]:
+                    options: Any) -> tuple[_Write, _ErrorColumns]:
     """The error state's conditional UPDATE: the transition's, writing the error state
     and the error columns instead."""
     state_col: Any = mapper.column_attrs[plan.column].columns[0]
@@ -126,13 +136,18 @@ def _compile_update(who: str, plan: core._Plan, mapper: Mapper[Any],  # pyright:
         col = core._timestamp_column(who, mapper, table, last_error_at)  # pyright: ignore[reportPrivateUsage]
         naive = not col.type.timezone
         values[col] = sa.bindparam("ls_error_at", type_=col.type)
-    version = mapper.version_id_col
+    version = mapper.version_id_col if plan.version is not None else None
+    generate = None
     if plan.version is not None and version is not None:
         where.append(version == sa.bindparam("ls_ver", type_=version.type))
-        if plan.version.generate is not None:
+        generate = plan.version.generate
+        if generate is not None:
             values[version] = sa.bindparam("ls_ver_new", type_=version.type)
     columns = _ErrorColumns(attempts, last_error, last_error_at, limit, naive)
-    return sa.update(table).where(*where).values(values), columns
+    key = tuple((f"ls_pk{i}", c) for i, c in enumerate(key_cols))
+    write = _Write(sa.update(table).where(*where).values(values), key, state_col, version,
+                   generate)
+    return write, columns
 
 
 def _column_of(who: str, mapper: Mapper[Any], table: Any, option: str, name: str,
@@ -153,11 +168,16 @@ def _column_of(who: str, mapper: Mapper[Any], table: Any, option: str, name: str
 
 def describe(error: BaseException, limit: int = MESSAGE_LIMIT) -> tuple[str, str]:
     """``(type, message)`` of an error as the record keeps them, the message cut to
-    ``limit`` characters (an ellipsis marks a cut)."""
+    ``limit`` characters (an ellipsis marks a cut), a NUL written ``\\x00`` (PostgreSQL's
+    text refuses it). An error whose ``str()`` raises is described as unprintable."""
     kind = type(error)
     name = kind.__qualname__ if kind.__module__ == builtins.__name__ else \
         f"{kind.__module__}.{kind.__qualname__}"
-    return name, _cut(str(error), limit)
+    try:
+        message = str(error)
+    except Exception as exc:
+        message = f"<unprintable {kind.__qualname__}: str() raised {type(exc).__qualname__}>"
+    return name, _cut(message.replace("\x00", "\\x00"), limit)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -190,21 +210,42 @@ def _in_memory_step(plan: core._Plan, columns: _ErrorColumns  # pyright: ignore[
     return enter
 
 
-def _session_step(who: str, plan: core._Plan, stmt: Any,  # pyright: ignore[reportPrivateUsage]
+def _session_step(who: str, plan: core._Plan, write: _Write,  # pyright: ignore[reportPrivateUsage]
                   columns: _ErrorColumns) -> Callable[[core._Firing, BaseException], None]:  # pyright: ignore[reportPrivateUsage]
     def enter(f: core._Firing, error: BaseException) -> None:  # pyright: ignore[reportPrivateUsage]
         if not f.won or not isinstance(error, Exception):
             return  # refused, or the write itself failed: no body ran; or a cancellation
-        record = _record(who, f, stmt, columns, error)
-        trans = _caller_transaction(f)
-        written = trans is not None and _write_in_transaction(f, record, columns)
-        _keep(f.session, record, trans if written else None)
-        f.error_state = plan.on_error
+        try:
+            f.error_state = _enter(who, f, write, columns, error)
+        except Exception as exc:  # the original error propagates, whatever happens here
+            error.add_note(f"litestate: {who}() could not enter its error state "
+                           f"{plan.on_error!r}: {exc!r}")
 
     return enter
 
 
-def _record(who: str, f: core._Firing, stmt: Any, columns: _ErrorColumns,  # pyright: ignore[reportPrivateUsage]
+_WRITTEN, _REFUSED, _FAILED = "written", "refused", "failed"
+
+
+def _enter(who: str, f: core._Firing, write: _Write, columns: _ErrorColumns,  # pyright: ignore[reportPrivateUsage]
+           error: BaseException) -> Any:
+    """Write the error state in the caller's transaction, or leave it for after its end;
+    returns the error state, or ``None`` when the row cannot enter it."""
+    record = _record(who, f, write, columns, error)
+    trans = _caller_transaction(f)
+    if trans is None:  # the database or the body ended the caller's transaction
+        _keep(f.session, record, None)
+        return record.error_state
+    outcome = _write_in_transaction(f, record, columns)
+    if outcome == _WRITTEN:
+        _keep(f.session, record, trans)
+        return record.error_state
+    if outcome == _FAILED:  # perhaps for a while (a lock): tried again after the end
+        _keep(f.session, record, None)
+    return None
+
+
+def _record(who: str, f: core._Firing, write: _Write, columns: _ErrorColumns,  # pyright: ignore[reportPrivateUsage]
             error: BaseException) -> _Record:
     plan = f.plan
     now = core._clock()  # pyright: ignore[reportPrivateUsage]
@@ -224,14 +265,16 @@ def _record(who: str, f: core._Firing, stmt: Any, columns: _ErrorColumns,  # pyr
         if generate is not None:
             params["ls_ver_new"] = generate(read)
     log: LogRow | None = plan.extras.get(LOG_ROW)
-    values = None
+    values: tuple[dict[str, Any], ...] = ()
     if log is not None:
         name, message = describe(error)
-        attached = take_attached() if plan.fn is not None else None
-        values = log.values(f, to_state=plan.on_error, attached=attached,
-                            extra={"error": {"type": name, "message": message}})
+        extra = {"error": {"type": name, "message": message}}
+        attached = f.memo if f.memo is not None else (
+            take_attached() if plan.fn is not None else None)
+        values = (log.values(f, to_state=plan.on_error, attached=attached, extra=extra),
+                  log.values(f, to_state=plan.on_error, extra=extra, callers=False))
     conn = cast(sa.Connection, f.conn)
-    return _Record(who, plan.on_error, conn.engine, conn, stmt, params, log, values, error)
+    return _Record(who, plan.on_error, conn.engine, conn, write, params, log, values, error)
 
 
 def _caller_transaction(f: core._Firing) -> SessionTransaction | None:  # pyright: ignore[reportPrivateUsage]
@@ -242,31 +285,44 @@ def _caller_transaction(f: core._Firing) -> SessionTransaction | None:  # pyrigh
 
 
 def _write_in_transaction(f: core._Firing, record: _Record,  # pyright: ignore[reportPrivateUsage]
-                          columns: _ErrorColumns) -> bool:
+                          columns: _ErrorColumns) -> str:
     """The error state in the caller's transaction, in a SAVEPOINT of its own: a refusal
-    leaves the caller's work as it was."""
+    leaves the caller's work as it was. A log row the database refuses is tried again
+    without the body's and the context's values (a value JSON cannot hold, say)."""
     session, plan = f.session, f.plan
-    try:
-        with session.begin_nested():
-            conn = session.connection(bind_arguments=plan.bind)
-            if conn.execute(record.stmt, record.params).rowcount != 1:
-                record.error.add_note(f"litestate: {record.who}() did not enter its error "
-                                      f"state {record.error_state!r}: the row's state is no "
-                                      f"longer {f.current!r}")
-                return False
-            if record.log is not None:
-                conn.execute(record.log.insert, record.log_values)
-    except Exception as exc:
-        record.error.add_note(f"litestate: {record.who}() could not enter its error state "
-                              f"{record.error_state!r} in the caller's transaction: {exc!r}")
-        return False
+    tries: tuple[dict[str, Any] | None, ...] = record.log_values or (None,)
+    for i, values in enumerate(tries):
+        try:
+            with session.begin_nested():
+                conn = session.connection(bind_arguments=plan.bind)
+                if conn.execute(record.write.stmt, record.params).rowcount != 1:
+                    record.error.add_note(f"litestate: {record.who}() did not enter its error "
+                                          f"state {record.error_state!r}: "
+                                          f"{_why_not_matched(conn, record)}")
+                    return _REFUSED
+                if values is not None:
+                    conn.execute(cast(LogRow, record.log).insert, values)
+        except Exception as exc:
+            last = i == len(tries) - 1
+            record.error.add_note(
+                f"litestate: {record.who}() could not enter its error state "
+                f"{record.error_state!r} in the caller's transaction: {exc!r}" if last else
+                f"litestate: {record.who}()'s error row was written without the body's and "
+                f"the context's values, which the database refused: {exc!r}")
+            if last:
+                return _FAILED
+            continue
+        break
     _show(f, record, columns)
-    return True
+    return _WRITTEN
 
 
 def _show(f: core._Firing, record: _Record, columns: _ErrorColumns) -> None:  # pyright: ignore[reportPrivateUsage]
-    """The object shows what its row now holds (a rollback expires it again)."""
+    """The object shows what its row now holds (a rollback expires it again); an object
+    the body took out of the session is left as it is."""
     plan, obj, params = f.plan, f.obj, record.params
+    if f.state.session_id != f.session.hash_key:
+        return
     set_committed_value(obj, plan.column, plan.on_error)
     if plan.changed_at is not None:
         set_committed_value(obj, plan.changed_at, params["ls_changed"])
@@ -317,9 +373,23 @@ def _listen() -> None:
         return
     with _LISTENING:
         if not _listening:
+            sa_event.listen(Session, "before_commit", _before_commit)
             sa_event.listen(Session, "after_commit", _after_commit)
             sa_event.listen(Session, "after_transaction_end", _after_transaction_end)
             _listening = True
+
+
+def _before_commit(session: Session) -> None:
+    """The outermost COMMIT of a transaction PostgreSQL has already aborted (a statement
+    of the caller's failed, and was ignored) rolls back, and the drivers raise nothing:
+    its records are written again after it."""
+    kept: _Kept | None = session.info.get(_KEPT)
+    root = session.get_transaction()
+    if not kept or root is None or session.get_nested_transaction() is not None:
+        return
+    records = kept.get(root)
+    if records and any(core._aborted(record.conn) for record in records):  # pyright: ignore[reportPrivateUsage]
+        session.info.setdefault(_AGAIN, []).extend(kept.pop(root))
 
 
 def _after_commit(session: Session) -> None:
@@ -364,19 +434,69 @@ def _write_again(records: list[_Record]) -> None:
 
 
 def _commit_record(record: _Record) -> None:
+    """The error state in a transaction of its own, committed; a log row the database
+    refuses is tried again without the body's and the context's values."""
+    tries: tuple[dict[str, Any] | None, ...] = record.log_values or (None,)
     with record.engine.connect() as conn:
-        with conn.begin():
-            _limit_lock_wait(conn)
-            if conn.execute(record.stmt, record.params).rowcount != 1:
-                record.error.add_note(
-                    f"litestate: {record.who}() did not record its error state "
-                    f"{record.error_state!r} after the rollback: the row's state is no "
-                    f"longer {record.params['ls_from']!r}")
-                conn.rollback()
-                return
-            if record.log is not None:
-                conn.execute(record.log.insert, record.log_values)
-        _reset_lock_wait(conn)
+        try:
+            for i, values in enumerate(tries):
+                try:
+                    if _rewrite(conn, record, values):
+                        return
+                    break
+                except Exception as exc:
+                    if i == len(tries) - 1:
+                        raise
+                    record.error.add_note(
+                        f"litestate: {record.who}()'s error row was written without the "
+                        f"body's and the context's values, which the database refused: "
+                        f"{exc!r}")
+        finally:
+            _reset_lock_wait(conn)
+
+
+def _rewrite(conn: sa.Connection, record: _Record, values: dict[str, Any] | None) -> bool:
+    """One transaction: the conditional UPDATE (from the version committed now, which the
+    caller's rolled-back writes may have bumped), then the log row."""
+    with conn.begin() as trans:
+        _limit_lock_wait(conn)
+        params = record.params
+        if record.write.version is not None:
+            params = _with_committed_version(conn, record)
+        if conn.execute(record.write.stmt, params).rowcount != 1:
+            record.error.add_note(
+                f"litestate: {record.who}() did not record its error state "
+                f"{record.error_state!r} after the rollback: {_why_not_matched(conn, record)}")
+            trans.rollback()
+            return False
+        if values is not None:
+            conn.execute(cast(LogRow, record.log).insert, values)
+    return True
+
+
+def _with_committed_version(conn: sa.Connection, record: _Record) -> dict[str, Any]:
+    write = record.write
+    read = conn.execute(sa.select(write.version).where(*_the_row(record)).with_for_update()
+                        ).scalar()
+    params = dict(record.params, ls_ver=read)
+    if write.generate is not None:
+        params["ls_ver_new"] = write.generate(read)
+    return params
+
+
+def _the_row(record: _Record) -> list[Any]:
+    return [col == record.params[name] for name, col in record.write.key]
+
+
+def _why_not_matched(conn: sa.Connection, record: _Record) -> str:
+    """Why the conditional UPDATE matched no row, from the row as it is now."""
+    found = conn.execute(sa.select(record.write.state).where(*_the_row(record))).first()
+    if found is None:
+        return "its row does not exist (it was never committed, or was deleted)"
+    if record.write.version is not None:
+        return (f"the row's state or version changed (its state is now {found[0]!r}, it "
+                f"was {record.params['ls_from']!r})")
+    return f"the row's state is no longer {record.params['ls_from']!r} (it is {found[0]!r})"
 
 
 def _limit_lock_wait(conn: sa.Connection) -> None:
