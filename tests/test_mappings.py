@@ -36,7 +36,7 @@ from litestate import (
     transition,
 )
 from litestate.sqlite import enable_savepoints
-from tests.conftest import StatementLog, load
+from tests.conftest import StatementLog, emptied, load
 from tests.mapping_models import (
     BASES,
     Charge,
@@ -60,12 +60,9 @@ _MADE: weakref.WeakSet[sa.Engine] = weakref.WeakSet()  # engines with our tables
 @pytest.fixture
 def mapped(engine: sa.Engine) -> sa.Engine:
     """The engine, with tests/mapping_models.py's tables on it, empty. On the shared
-    PostgreSQL server they are remade once per run (dropping any left over), then emptied."""
+    servers they are remade once per run (dropping any left over), then emptied."""
     if engine in _MADE:
-        tables = ", ".join(t.name for base in BASES for t in base.metadata.sorted_tables)
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-        return engine
+        return emptied(engine, [t for base in BASES for t in base.metadata.sorted_tables])
     for base in BASES:
         base.metadata.drop_all(engine)
         base.metadata.create_all(engine)
