@@ -1607,7 +1607,9 @@ def _atomic_section(f: _Firing) -> Any:
             _run_body(f)
         _close_savepoint(f)
     except BaseException as exc:
-        _undo(f, exc)
+        error = _undo(f, exc)
+        if error is not exc:
+            raise error  # noqa: B904 - the error a failed ROLLBACK TO SAVEPOINT hid
         raise
     if not f.won:
         _lost(f)
@@ -1736,18 +1738,53 @@ def _close_section(f: _Firing) -> None:
         opened.remove(f.savepoint)
 
 
-def _undo(f: _Firing, exc: BaseException) -> None:
-    """Roll back the atomic section, show the object as the row now is, report."""
+def _undo(f: _Firing, exc: BaseException) -> BaseException:
+    """Roll back the atomic section, show the object as the row now is, report; returns
+    the error to raise: ``exc``, or the one a failed ROLLBACK TO SAVEPOINT hid."""
     plan, savepoint = f.plan, f.savepoint
+    error = exc
     if savepoint is not None:
         _close_section(f)
+        error, failed = _hidden_by_savepoint_rollback(exc)
         if _still_open(f.session, savepoint):
-            savepoint.rollback()
+            try:
+                savepoint.rollback()
+            except sa_exc.DBAPIError as rollback_error:
+                failed = rollback_error
+        if failed is not None:
+            _transaction_lost(f, error, failed)
     if savepoint is not None or not f.won:  # else the row keeps the write: so does memory
         _restore(f)
     for step in plan.on_failure:
-        step(f, exc)
-    _failed(plan, f.obj, f.current, f.args, f.kwargs, exc)
+        step(f, error)
+    _failed(plan, f.obj, f.current, f.args, f.kwargs, error)
+    return error
+
+
+def _hidden_by_savepoint_rollback(
+        exc: BaseException) -> tuple[BaseException, sa_exc.DBAPIError | None]:
+    """``(the error, the failed rollback)`` when ``exc`` is SQLAlchemy's own ROLLBACK TO
+    SAVEPOINT failing (a flush inside the SAVEPOINT failed, and rolling back to it failed
+    too): the error is the one it was handling. Else ``(exc, None)``."""
+    if not isinstance(exc, sa_exc.DBAPIError) or not (exc.statement or "").lstrip().upper() \
+            .startswith("ROLLBACK TO SAVEPOINT"):
+        return exc, None
+    hidden, orig = exc.__context__, cast(object, exc.orig)
+    while hidden is not None and hidden is orig:  # the driver's error it wraps
+        hidden = hidden.__context__
+    return (exc if hidden is None else hidden), exc
+
+
+def _transaction_lost(f: _Firing, error: BaseException, failed: sa_exc.DBAPIError) -> None:
+    """ROLLBACK TO SAVEPOINT failed: the database had already rolled back the whole
+    transaction, SAVEPOINTs included (InnoDB does for a deadlock's victim). The caller's
+    earlier work is gone too, so the session must refuse to commit until rollback()."""
+    if failed is not error:
+        error.add_note(
+            f"{f.plan.event}() of {_describe(f.obj)}: then ROLLBACK TO SAVEPOINT failed "
+            f"({failed.orig}): the database had rolled back the whole transaction, and the "
+            "session refuses to go on until rollback()")
+    _sqla.abandon_transaction(f.session, error)
 
 
 def _restore(f: _Firing) -> None:

@@ -1,0 +1,206 @@
+"""Where MariaDB (and MySQL) differ from PostgreSQL and SQLite, and what litestate does
+about it: InnoDB's deadlock victim loses its whole transaction, REPEATABLE READ keeps the
+old snapshot after a lost race, string comparisons follow the column's case-insensitive
+collation, UPDATE counts matched rows, DATETIME keeps whole seconds.
+
+Tests that take ``maria`` run on MariaDB alone (the behaviour is InnoDB's); those that
+take ``engine`` or ``server`` check that the other backends agree."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import litestate
+from tests.conftest import SignalLog, backend_id, load, waiting_on_a_lock
+from tests.models import Account, Todo, TodoEvent
+
+MARIADB_DEADLOCK = 1213  # ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back
+
+
+# -- a deadlock inside the transition's SAVEPOINT ------------------------------------------
+
+
+class Rival:
+    """Another transaction, in a thread: it writes ``weight`` rows (so that InnoDB, which
+    sacrifices the transaction that wrote less, picks ours as the deadlock victim), locks
+    row ``holds``, then updates row ``wants`` and waits there until ours ends."""
+
+    def __init__(self, engine: sa.Engine, holds: int, wants: int,
+                 model: type[Todo | Account] = Todo, weight: int = 50) -> None:
+        self.engine, self.holds, self.wants, self.weight = engine, holds, wants, weight
+        self.table = cast(sa.Table, model.__table__)
+        self.holding = threading.Event()
+        self.pid = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        id_ = self.table.c.id
+        try:
+            with Session(self.engine) as rival:
+                self.pid = backend_id(rival)
+                rival.add_all(TodoEvent(todo_id=0, name="weight") for _ in range(self.weight))
+                rival.flush()
+                rival.execute(sa.select(id_).where(id_ == self.holds).with_for_update())
+                self.holding.set()
+                rival.execute(sa.update(self.table).where(id_ == self.wants)
+                              .values(status=self.table.c.status))
+                rival.rollback()
+        except BaseException as exc:
+            self.error = exc
+            self.holding.set()
+
+    def __enter__(self) -> Rival:
+        self.thread.start()
+        assert self.holding.wait(60)
+        if self.error is None:
+            waiting_on_a_lock(self.engine, self.pid)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the rival is stuck"
+        if self.error is not None:
+            raise self.error
+
+
+def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
+    return error.orig is not None and error.orig.args[0] == MARIADB_DEADLOCK
+
+
+def _todos(session: Session, count: int) -> list[Todo]:
+    todos = [Todo(title=f"t{n}") for n in range(count)]
+    session.add_all(todos)
+    session.commit()
+    return todos
+
+
+def _lock_in_body(session: Session, row: int) -> Callable[[], None]:
+    def body() -> None:
+        session.execute(sa.select(Todo.id).where(Todo.id == row).with_for_update())
+    return body
+
+
+def _edit_in_body(session: Session, row: int) -> Callable[[], None]:
+    def body() -> None:
+        load(session, Todo, row).title = "edited in the body"  # flushed in the SAVEPOINT
+    return body
+
+
+@pytest.fixture
+def statuses(maria: sa.Engine) -> Callable[[], dict[int, str]]:
+    def read() -> dict[int, str]:
+        with maria.connect() as conn:
+            return {row.id: row.status for row in conn.execute(sa.select(Todo.id, Todo.status))}
+    return read
+
+
+@pytest.mark.parametrize("body", [_lock_in_body, _edit_in_body],
+                         ids=["a statement of the body", "the body's flush"])
+def test_a_deadlock_in_the_savepoint_propagates_and_the_session_refuses_to_commit(
+        maria: sa.Engine, signals: SignalLog, statuses: Callable[[], dict[int, str]],
+        body: Callable[[Session, int], Callable[[], None]]) -> None:
+    """InnoDB's victim loses its whole transaction, SAVEPOINTs included: the deadlock is
+    what the caller sees (not the failed ROLLBACK TO SAVEPOINT), transition_failed says
+    so, and commit() cannot report the discarded writes as committed."""
+    with Session(maria) as session:
+        earlier, todo, other = _todos(session, 3)
+        ids = (earlier.id, todo.id, other.id)
+        earlier.start("ada")  # queued for transition_committed: the deadlock discards it
+        session.execute(sa.select(Todo.id).where(Todo.id == todo.id).with_for_update())
+        with Rival(maria, holds=other.id, wants=todo.id), \
+                pytest.raises(sa.exc.OperationalError) as info:
+            litestate.transition_state(todo, event="start", frm="pending", to="doing",
+                                       body=body(session, other.id))
+        assert _is_deadlock(info.value)
+        failed = signals.of("transition-failed")
+        assert [h.payload["error"] for h in failed] == [info.value]
+        with pytest.raises(sa.exc.PendingRollbackError, match="Deadlock"):
+            session.commit()
+        session.rollback()
+        assert (earlier.status, todo.status) == ("pending", "pending")
+    assert signals.of("transition-committed") == []
+    assert statuses() == dict.fromkeys(ids, "pending")
+
+
+def test_a_deadlock_on_the_write_itself_inside_the_savepoint(
+        maria: sa.Engine, signals: SignalLog, statuses: Callable[[], dict[int, str]]) -> None:
+    """The transition's own UPDATE is the statement that deadlocks (a body waits to run)."""
+    with Session(maria) as session:
+        earlier, todo, other = _todos(session, 3)
+        ids = (earlier.id, todo.id, other.id)
+        earlier.start("ada")
+        session.execute(sa.select(Todo.id).where(Todo.id == other.id).with_for_update())
+        with Rival(maria, holds=todo.id, wants=other.id), \
+                pytest.raises(sa.exc.OperationalError) as info:
+            todo.start("bob")  # a body: in a SAVEPOINT; its UPDATE waits on the rival
+        assert _is_deadlock(info.value)
+        assert [h.payload["error"] for h in signals.of("transition-failed")] == [info.value]
+        with pytest.raises(sa.exc.PendingRollbackError):
+            session.commit()
+        session.rollback()
+    assert signals.of("transition-committed") == []
+    assert statuses() == dict.fromkeys(ids, "pending")
+
+
+def test_a_deadlock_in_a_transition_inside_the_callers_savepoint_refuses_the_session(
+        maria: sa.Engine, signals: SignalLog, statuses: Callable[[], dict[int, str]]) -> None:
+    """The caller's SAVEPOINT is gone too: leaving its block does not bring the caller's
+    transaction back; the session refuses until rollback()."""
+    with Session(maria) as session:
+        earlier, todo, other = _todos(session, 3)
+        ids = (earlier.id, todo.id, other.id)
+        earlier.start("ada")
+        session.execute(sa.select(Todo.id).where(Todo.id == todo.id).with_for_update())
+        with Rival(maria, holds=other.id, wants=todo.id), \
+                pytest.raises(sa.exc.OperationalError) as info, session.begin_nested():
+            litestate.transition_state(todo, event="start", frm="pending", to="doing",
+                                       body=_lock_in_body(session, other.id))
+        assert _is_deadlock(info.value)
+        assert "the database had rolled back the whole transaction" in str(
+            info.value.__notes__)
+        with pytest.raises(sa.exc.PendingRollbackError, match="Deadlock"):
+            session.execute(sa.select(Todo.id))
+        with pytest.raises(sa.exc.PendingRollbackError, match="Deadlock"):
+            session.commit()
+        session.rollback()
+    assert signals.of("transition-committed") == []
+    assert statuses() == dict.fromkeys(ids, "pending")
+
+
+def test_a_deadlock_of_a_lone_update_inside_the_callers_savepoint(maria: sa.Engine) -> None:
+    """No SAVEPOINT of litestate's (an empty body, nobody hears transition_succeeded):
+    the session refuses all the same, past the caller's SAVEPOINT."""
+    heard: list[str] = []
+
+    def failed(sender: type, *, error: BaseException, **extra: Any) -> None:
+        heard.append(f"failed {type(error).__name__}")
+
+    def committed(sender: type, *, event: str, **extra: Any) -> None:
+        heard.append(f"committed {event}")
+
+    with Session(maria) as session, litestate.transition_failed.connected_to(failed), \
+            litestate.transition_committed.connected_to(committed):
+        accounts = [Account(status="frozen") for _ in range(3)]
+        session.add_all(accounts)
+        session.commit()
+        earlier, account, other = accounts
+        earlier.reopen()
+        session.execute(sa.select(Account.id).where(Account.id == other.id).with_for_update())
+        with Rival(maria, holds=account.id, wants=other.id, model=Account), \
+                pytest.raises(sa.exc.OperationalError) as info, session.begin_nested():
+            account.reopen()  # one UPDATE, waiting on the rival's lock
+        assert _is_deadlock(info.value)
+        assert heard == ["failed OperationalError"]
+        with pytest.raises(sa.exc.PendingRollbackError, match="Deadlock"):
+            session.commit()
+        session.rollback()
+        assert heard == ["failed OperationalError"]
+    with maria.connect() as conn:
+        assert set(conn.scalars(sa.select(Account.status))) == {"frozen"}
