@@ -1803,15 +1803,28 @@ def _restore(f: _Firing) -> None:
         set_committed_value(obj, cast(_Version, plan.version).key, f.version[0])
 
 
+#: Dialects whose plain SELECT, under REPEATABLE READ (InnoDB's default), shows the
+#: transaction's snapshot rather than the row the conditional UPDATE just saw: after a
+#: lost race, the row is read with SELECT ... FOR UPDATE, a locking read, which sees the
+#: latest committed row. Under REPEATABLE READ the failed UPDATE already holds that row's
+#: lock (InnoDB keeps the locks of the rows an UPDATE scanned), so this adds none.
+_SNAPSHOT_READS = frozenset({"mysql", "mariadb"})
+
+
 def _lost(f: _Firing) -> NoReturn:
     """No row matched: explain why, from the row as it is now (one SELECT)."""
     plan, obj, state, session = f.plan, f.obj, f.state, f.session
     if _sqla.is_deleted(state):
         _refuse(plan, obj, f.current, "conflict", "the object was deleted in this session",
                 f.args, f.kwargs)
-    # The next read shows the row; the caller's unsaved edits stay.
-    session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
-    actual = _load_state(plan, obj, f.args, f.kwargs)
+    # The object shows the row as committed now; the caller's unsaved edits stay.
+    assert f.conn is not None
+    if f.conn.dialect.name in _SNAPSHOT_READS:
+        _lock(plan, obj, state, session, f.args, f.kwargs)
+        actual = state.dict.get(plan.column)
+    else:
+        session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
+        actual = _load_state(plan, obj, f.args, f.kwargs)
     if f.blind:  # the state was never read: this is the first look at it
         _check_state(plan, obj, actual, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"

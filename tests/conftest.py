@@ -137,7 +137,13 @@ def maria(maria_engine: sa.Engine) -> sa.Engine:
 @pytest.fixture(params=SERVERS)
 def server(request: pytest.FixtureRequest) -> sa.Engine:
     """A real server, emptied: each test that takes it runs on PostgreSQL and MariaDB."""
-    return emptied(request.getfixturevalue(_SERVER_ENGINES[request.param]))
+    return server_engine(request, request.param)
+
+
+def server_engine(request: pytest.FixtureRequest, name: str) -> sa.Engine:
+    """The server ``name`` ("postgresql" or "mariadb"), emptied, for a test parametrised
+    over the servers with parameters of its own (``pytest.param(..., marks=...)``)."""
+    return emptied(request.getfixturevalue(_SERVER_ENGINES[name]))
 
 
 def backend_id(session: Session) -> int:

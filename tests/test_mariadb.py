@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import litestate
-from tests.conftest import SignalLog, backend_id, load, waiting_on_a_lock
+from tests.conftest import SignalLog, backend_id, load, server_engine, waiting_on_a_lock
 from tests.models import Account, Todo, TodoEvent
 
 MARIADB_DEADLOCK = 1213  # ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back
@@ -204,3 +204,77 @@ def test_a_deadlock_of_a_lone_update_inside_the_callers_savepoint(maria: sa.Engi
         assert heard == ["failed OperationalError"]
     with maria.connect() as conn:
         assert set(conn.scalars(sa.select(Account.status))) == {"frozen"}
+
+
+# -- a lost race under REPEATABLE READ -----------------------------------------------------
+
+
+def _race(engine: sa.Engine, isolation: str) -> tuple[Session, Todo]:
+    """``theirs`` reads a todo in an open transaction (under REPEATABLE READ, its snapshot),
+    then another transaction starts it and commits: theirs is stale. Returns theirs."""
+    engine = engine.execution_options(isolation_level=isolation)
+    with Session(engine) as setup:
+        todo = Todo(title="race")
+        setup.add(todo)
+        setup.commit()
+        todo_id = todo.id
+    theirs_session = Session(engine)
+    theirs = load(theirs_session, Todo, todo_id)
+    assert theirs.status == "pending"
+    with Session(engine) as mine_session:
+        load(mine_session, Todo, todo_id).start("ada")
+        mine_session.commit()
+    return theirs_session, theirs
+
+
+@pytest.mark.parametrize(("backend", "isolation"), [
+    pytest.param("mariadb", "REPEATABLE READ", marks=pytest.mark.mariadb),
+    pytest.param("mariadb", "READ COMMITTED", marks=pytest.mark.mariadb),
+    pytest.param("postgresql", "READ COMMITTED", marks=pytest.mark.postgres),
+])
+def test_after_a_lost_race_the_object_shows_the_row_as_committed_and_a_retry_starts_there(
+        request: pytest.FixtureRequest, backend: str, isolation: str) -> None:
+    """On MariaDB's REPEATABLE READ (its default) a plain read would show the old
+    snapshot, so the retry would conflict forever; litestate reads the row under a lock,
+    which sees what was committed. (PostgreSQL's REPEATABLE READ refuses the write
+    itself: see below.)"""
+    engine = server_engine(request, backend)
+    session, theirs = _race(engine, isolation)
+    todo_id = theirs.id
+    with session:
+        with pytest.raises(litestate.ConflictError) as info:
+            theirs.start("bob")
+        assert info.value.from_state == "pending"
+        assert "(it is now 'doing')" in info.value.detail
+        assert (theirs.status, theirs.started_by) == ("doing", "ada")
+        with pytest.raises(litestate.InvalidStateError):
+            theirs.start("bob")  # the same transaction: from the row as it is now
+        theirs.complete("bob")
+        session.commit()
+    with Session(engine) as check:
+        row = load(check, Todo, todo_id)
+        assert (row.status, row.started_by, row.completed_by) == ("completed", "ada", "bob")
+
+
+@pytest.mark.postgres
+def test_on_postgresql_repeatable_read_a_lost_race_is_the_servers_serialization_failure(
+        pg: sa.Engine, signals: SignalLog) -> None:
+    """PostgreSQL refuses an UPDATE of a row changed since the snapshot: the lost race is
+    SQLSTATE 40001 from the write, not a ConflictError. Nothing is written, the SAVEPOINT
+    keeps the caller's transaction, and a retry must take a new transaction (in this one
+    it fails the same way)."""
+    session, theirs = _race(pg, "REPEATABLE READ")
+    todo_id = theirs.id
+    with session:
+        for _ in range(2):
+            with pytest.raises(sa.exc.OperationalError) as info:
+                theirs.start("bob")
+            assert getattr(info.value.orig, "sqlstate", None) == "40001"
+            assert signals.of("transition-failed")[-1].payload["error"] is info.value
+            assert theirs.status == "pending"  # what this transaction's snapshot shows
+        session.rollback()  # a new transaction: the row as committed
+        with pytest.raises(litestate.InvalidStateError) as refused:
+            theirs.start("bob")
+        assert refused.value.from_state == "doing"
+    with Session(pg) as check:
+        assert load(check, Todo, todo_id).started_by == "ada"
