@@ -77,7 +77,7 @@ from sqlalchemy.orm import Mapper, QueryableAttribute, Session, SessionTransacti
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.exc import DetachedInstanceError, ObjectDeletedError, StaleDataError
 
-from litestate import _sqla
+from litestate import _dialects, _sqla
 
 __all__ = [
     "HTTP_STATUS",
@@ -996,7 +996,7 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
                                "state column cannot be a primary key column")
     values: dict[Any, Any] = {state_col: sa.bindparam("ls_to", type_=state_col.type)}
     where = [c == sa.bindparam(f"ls_pk{i}", type_=c.type) for i, c in enumerate(key_cols)]
-    where.append(state_col == sa.bindparam("ls_from", type_=state_col.type))
+    where.append(_dialects.same_state(state_col, sa.bindparam("ls_from", type_=state_col.type)))
     if plan.timestamp is not None:
         ts_col = _timestamp_column(who, mapper, table, plan.timestamp)
         plan.naive = not ts_col.type.timezone
@@ -1803,14 +1803,6 @@ def _restore(f: _Firing) -> None:
         set_committed_value(obj, cast(_Version, plan.version).key, f.version[0])
 
 
-#: Dialects whose plain SELECT, under REPEATABLE READ (InnoDB's default), shows the
-#: transaction's snapshot rather than the row the conditional UPDATE just saw: after a
-#: lost race, the row is read with SELECT ... FOR UPDATE, a locking read, which sees the
-#: latest committed row. Under REPEATABLE READ the failed UPDATE already holds that row's
-#: lock (InnoDB keeps the locks of the rows an UPDATE scanned), so this adds none.
-_SNAPSHOT_READS = frozenset({"mysql", "mariadb"})
-
-
 def _lost(f: _Firing) -> NoReturn:
     """No row matched: explain why, from the row as it is now (one SELECT)."""
     plan, obj, state, session = f.plan, f.obj, f.state, f.session
@@ -1819,7 +1811,7 @@ def _lost(f: _Firing) -> NoReturn:
                 f.args, f.kwargs)
     # The object shows the row as committed now; the caller's unsaved edits stay.
     assert f.conn is not None
-    if f.conn.dialect.name in _SNAPSHOT_READS:
+    if f.conn.dialect.name in _dialects.SNAPSHOT_READS:  # see there
         _lock(plan, obj, state, session, f.args, f.kwargs)
         actual = state.dict.get(plan.column)
     else:

@@ -278,3 +278,76 @@ def test_on_postgresql_repeatable_read_a_lost_race_is_the_servers_serialization_
         assert refused.value.from_state == "doing"
     with Session(pg) as check:
         assert load(check, Todo, todo_id).started_by == "ada"
+
+
+# -- states compared exactly, whatever the column's collation -------------------------------
+
+# States that a case- and accent-insensitive collation with PAD SPACE (MariaDB's and
+# MySQL's usual utf8mb4 ones) calls equal to 'open'.
+NOT_OPEN = pytest.mark.parametrize("stored", ["OPEN", "Open", "opén", "open "],
+                                   ids=["upper", "title", "accent", "trailing-space"])
+
+
+def _stale_open_account(engine: sa.Engine, stored: str) -> tuple[Session, Account]:
+    """An account loaded as 'open' in a session (its read transaction ended, as a web
+    request's would), whose row another transaction then set to ``stored``."""
+    with Session(engine) as setup:
+        account = Account()
+        setup.add(account)
+        setup.commit()
+        account_id = account.id
+    session = Session(engine, expire_on_commit=False)
+    account = load(session, Account, account_id)
+    session.commit()
+    with engine.begin() as conn:
+        conn.execute(sa.update(Account).where(Account.id == account_id).values(status=stored))
+    return session, account
+
+
+def _row_status(engine: sa.Engine, account_id: int) -> str | None:
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(Account.status).where(Account.id == account_id))
+
+
+@NOT_OPEN
+def test_the_write_compares_states_exactly_whatever_the_collation(
+        engine: sa.Engine, stored: str) -> None:
+    session, account = _stale_open_account(engine, stored)
+    account_id = account.id
+    with session:
+        with pytest.raises(litestate.ConflictError) as info:
+            account.freeze()  # read 'open'; the row holds another state
+        assert info.value.detail.endswith(f"(it is now {stored!r})")
+        assert account.status == stored
+        session.commit()
+    assert _row_status(engine, account_id) == stored
+
+
+@NOT_OPEN
+def test_the_one_update_path_compares_states_exactly_too(
+        engine: sa.Engine, stored: str) -> None:
+    """An expired object, one frm state, no guard, body or lock: the UPDATE decides alone,
+    and the refusal's first look at the row says what it holds."""
+    session, account = _stale_open_account(engine, stored)
+    account_id = account.id
+    with session:
+        session.expire(account)
+        with pytest.raises(litestate.InvalidStateError) as info:
+            litestate.transition_state(account, event="shut", frm="open", to="frozen")
+        assert info.value.from_state == stored
+        session.commit()
+    assert _row_status(engine, account_id) == stored
+
+
+@NOT_OPEN
+def test_a_lock_and_the_probes_compare_states_exactly(engine: sa.Engine, stored: str) -> None:
+    session, account = _stale_open_account(engine, stored)
+    account_id = account.id
+    with session:
+        with pytest.raises(litestate.InvalidStateError) as info:
+            account.close()  # lock=True: the row read under FOR UPDATE
+        assert info.value.from_state == stored
+        assert not litestate.can_transition(account, "freeze")
+        assert litestate.available_transitions(account) == ["reopen"]
+        session.commit()
+    assert _row_status(engine, account_id) == stored
