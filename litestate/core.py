@@ -1922,10 +1922,16 @@ def _elapsed() -> float | None:
 
 
 def _now(plan: _Plan) -> datetime:
+    """The clock's time as the timestamp column takes it: an aware time in UTC (naive UTC
+    for a naive column). An aware column gets UTC too, the same instant: MySQL's and
+    SQLite's keep no zone (SQLAlchemy drops the offset), so the clock's wall time in
+    another zone would be stored as another instant. A naive time goes as it is."""
     now = _clock()
-    if plan.naive and now.tzinfo is not None:
-        return now.astimezone(UTC).replace(tzinfo=None)
-    return now
+    tz = now.tzinfo
+    if tz is None or (tz is UTC and not plan.naive):
+        return now
+    now = now.astimezone(UTC)
+    return now.replace(tzinfo=None) if plan.naive else now
 
 
 def _record_id(obj: Any) -> Any:

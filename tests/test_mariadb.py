@@ -9,16 +9,26 @@ take ``engine`` or ``server`` check that the other backends agree."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import litestate
 from tests.conftest import SignalLog, backend_id, load, server_engine, waiting_on_a_lock
-from tests.models import Account, Todo, TodoEvent
+from tests.models import (
+    Account,
+    Job,
+    PaymentIntent,
+    PaymentStatus,
+    Subscription,
+    Todo,
+    TodoEvent,
+)
 
 MARIADB_DEADLOCK = 1213  # ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back
 
@@ -351,3 +361,128 @@ def test_a_lock_and_the_probes_compare_states_exactly(engine: sa.Engine, stored:
         assert litestate.available_transitions(account) == ["reopen"]
         session.commit()
     assert _row_status(engine, account_id) == stored
+
+
+# -- a self-transition: MySQL's UPDATE counts changed rows unless told otherwise -----------
+
+
+@pytest.mark.parametrize("path", ["read", "one update"])
+def test_a_self_transition_matches_its_row_though_it_changes_nothing(
+        engine: sa.Engine, signals: SignalLog, path: str) -> None:
+    """``new -> new`` writes the value the row holds: MySQL's affected-rows count is 0,
+    but SQLAlchemy's MySQL dialects connect with CLIENT_FOUND_ROWS, so the rowcount is
+    the one matched row, not a lost race."""
+    with Session(engine) as session:
+        job = Job()
+        session.add(job)
+        session.commit()
+        if path == "read":
+            assert job.state == "new"
+            job.reset()  # frm="*": the state is read, then written unchanged
+        else:  # expired, one frm state, no guard, body or lock: the UPDATE alone decides
+            litestate.transition_state(job, event="renew", frm="new", to="new")
+        assert job.state == "new"
+        session.commit()
+    assert [h.payload["event"] for h in signals.of("transition-committed")] == [
+        "reset" if path == "read" else "renew"]
+    assert signals.of("transition-invalid") == []
+
+
+# -- timestamps: DATETIME keeps whole seconds; a zone is the column's to keep ---------------
+
+
+class StampBase(DeclarativeBase):
+    pass
+
+
+@litestate.state_column("status")
+class Stamp(StampBase):
+    """One timestamp column of each kind: naive, aware, and naive with microseconds on
+    MySQL/MariaDB too (their DATETIME keeps whole seconds unless given a precision)."""
+
+    __tablename__ = "backend_stamps"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="new")
+    naive_at: Mapped[datetime | None] = mapped_column(sa.DateTime())
+    aware_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    fine_at: Mapped[datetime | None] = mapped_column(
+        sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"))
+
+    @litestate.transition(frm="new", to="naive", timestamp="naive_at")
+    def stamp_naive(self) -> None:
+        pass
+
+    @litestate.transition(frm="new", to="aware", timestamp="aware_at")
+    def stamp_aware(self) -> None:
+        pass
+
+    @litestate.transition(frm="new", to="fine", timestamp="fine_at")
+    def stamp_fine(self) -> None:
+        pass
+
+
+@pytest.fixture
+def stamps(engine: sa.Engine) -> Iterator[sa.Engine]:
+    StampBase.metadata.drop_all(engine)
+    StampBase.metadata.create_all(engine)
+    yield engine
+    StampBase.metadata.drop_all(engine)
+
+
+CLOCK = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=2)))
+IN_UTC = datetime(2026, 1, 2, 1, 4, 5, 123456)  # CLOCK's instant, as naive UTC
+
+
+def _in_utc(value: datetime | None) -> datetime | None:
+    """A value read back, as naive UTC (an aware column's value may come back aware)."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize(("event", "column", "whole_seconds_on_mysql"), [
+    ("stamp_naive", "naive_at", True), ("stamp_aware", "aware_at", True),
+    ("stamp_fine", "fine_at", False)])
+def test_a_timestamp_is_the_clocks_instant_in_utc_at_the_columns_precision(
+        stamps: sa.Engine, event: str, column: str, whole_seconds_on_mysql: bool) -> None:
+    """An aware clock is written as UTC: naive UTC to a naive column, UTC to an aware one
+    (MySQL's DATETIME keeps no zone and SQLAlchemy drops the offset: the clock's own
+    wall time would be another instant). MariaDB's DATETIME truncates to whole seconds
+    unless declared with fsp; the object keeps the microseconds until it is reloaded, as
+    after any ORM write."""
+    previous = litestate.set_clock(lambda: CLOCK)
+    try:
+        with Session(stamps) as session:
+            stamp = Stamp()
+            session.add(stamp)
+            session.commit()
+            getattr(stamp, event)()
+            assert _in_utc(getattr(stamp, column)) == IN_UTC
+            session.commit()
+            stored = IN_UTC.replace(microsecond=0) if (
+                whole_seconds_on_mysql and stamps.dialect.name == "mysql") else IN_UTC
+            assert _in_utc(getattr(stamp, column)) == stored  # reloaded: the row
+    finally:
+        litestate.set_clock(previous)
+
+
+# -- enum columns: a native ENUM on MySQL/MariaDB ---------------------------------------
+
+
+def test_an_enum_column_is_a_native_enum_on_mariadb_and_transitions_write_it(
+        maria: sa.Engine) -> None:
+    columns = {c["name"]: c["type"] for c in sa.inspect(maria).get_columns("subscriptions")}
+    assert isinstance(columns["status"], mysql.ENUM)
+    with Session(maria) as session:
+        subscription, intent = Subscription(), PaymentIntent()
+        session.add_all([subscription, intent])
+        session.commit()
+        subscription.activate()
+        intent.process()
+        session.commit()
+        session.expire_all()
+        assert (subscription.status, intent.status) == ("active", PaymentStatus.processing)
+    with maria.connect() as conn:  # the server refuses a value the ENUM does not list
+        with pytest.raises(sa.exc.DataError):
+            conn.exec_driver_sql("UPDATE subscriptions SET status = 'ACTIVE!'")
+        conn.rollback()
