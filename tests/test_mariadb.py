@@ -3,8 +3,9 @@ about it: InnoDB's deadlock victim loses its whole transaction, REPEATABLE READ 
 old snapshot after a lost race, string comparisons follow the column's case-insensitive
 collation, UPDATE counts matched rows, DATETIME keeps whole seconds.
 
-Tests that take ``maria`` run on MariaDB alone (the behaviour is InnoDB's); those that
-take ``engine`` or ``server`` check that the other backends agree."""
+Tests that take ``maria`` run on MariaDB alone (the behaviour is InnoDB's), marked
+``mariadb`` as the parametrised ones are; those that take ``engine`` or ``server`` check
+that the other backends agree."""
 
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ def statuses(maria: sa.Engine) -> Callable[[], dict[int, str]]:
     return read
 
 
+@pytest.mark.mariadb
 @pytest.mark.parametrize("body", [_lock_in_body, _edit_in_body],
                          ids=["a statement of the body", "the body's flush"])
 def test_a_deadlock_in_the_savepoint_propagates_and_the_session_refuses_to_commit(
@@ -139,6 +141,7 @@ def test_a_deadlock_in_the_savepoint_propagates_and_the_session_refuses_to_commi
     assert statuses() == dict.fromkeys(ids, "pending")
 
 
+@pytest.mark.mariadb
 def test_a_deadlock_on_the_write_itself_inside_the_savepoint(
         maria: sa.Engine, signals: SignalLog, statuses: Callable[[], dict[int, str]]) -> None:
     """The transition's own UPDATE is the statement that deadlocks (a body waits to run)."""
@@ -159,6 +162,7 @@ def test_a_deadlock_on_the_write_itself_inside_the_savepoint(
     assert statuses() == dict.fromkeys(ids, "pending")
 
 
+@pytest.mark.mariadb
 def test_a_deadlock_in_a_transition_inside_the_callers_savepoint_refuses_the_session(
         maria: sa.Engine, signals: SignalLog, statuses: Callable[[], dict[int, str]]) -> None:
     """The caller's SAVEPOINT is gone too: leaving its block does not bring the caller's
@@ -184,6 +188,7 @@ def test_a_deadlock_in_a_transition_inside_the_callers_savepoint_refuses_the_ses
     assert statuses() == dict.fromkeys(ids, "pending")
 
 
+@pytest.mark.mariadb
 def test_a_deadlock_of_a_lone_update_inside_the_callers_savepoint(maria: sa.Engine) -> None:
     """No SAVEPOINT of litestate's (an empty body, nobody hears transition_succeeded):
     the session refuses all the same, past the caller's SAVEPOINT."""
@@ -469,6 +474,7 @@ def test_a_timestamp_is_the_clocks_instant_in_utc_at_the_columns_precision(
 # -- enum columns: a native ENUM on MySQL/MariaDB ---------------------------------------
 
 
+@pytest.mark.mariadb
 def test_an_enum_column_is_a_native_enum_on_mariadb_and_transitions_write_it(
         maria: sa.Engine) -> None:
     columns = {c["name"]: c["type"] for c in sa.inspect(maria).get_columns("subscriptions")}
