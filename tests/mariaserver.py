@@ -2,7 +2,9 @@
 
 Set ``LITESTATE_MARIADB_URL`` (a SQLAlchemy URL, e.g.
 ``mysql+pymysql://user:password@host/db``) to use a server of your own instead; it must
-be a database the tests may fill and empty, on an account that may create databases.
+be a database the tests may fill and empty, on an account that may create databases (the
+README's examples get one of their own) and read ``information_schema.innodb_trx`` (the
+PROCESS privilege: the concurrency tests ask it who waits on a lock).
 
 The server is Debian's ``mariadb-server`` (``mariadb-install-db`` and ``mariadbd``),
 started with ``--no-defaults`` as an unprivileged account (mariadbd refuses root), bound
