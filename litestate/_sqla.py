@@ -7,6 +7,7 @@ Each function here is exercised by the test suite on the oldest supported SQLAlc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
@@ -14,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import util as sa_util  # the greenlet bridge; present without greenlet
 from sqlalchemy.orm import InstanceState, Session
+from sqlalchemy.orm.session import SessionTransactionState
 
 
 def register_altered(session: Session, state: InstanceState[Any]) -> None:
@@ -42,19 +45,67 @@ def is_deleted(state: InstanceState[Any]) -> bool:
     return session is not None and state in session._deleted  # pyright: ignore[reportPrivateUsage]
 
 
-def refuse_commit_until_rollback(session: Session) -> None:
+def refuse_commit_until_rollback(session: Session, error: BaseException | None = None
+                                 ) -> None:
     """After a statement of litestate's failed outside a SAVEPOINT, make the session
     refuse to go on until ``rollback()``, exactly as it does after a failed flush.
 
-    PostgreSQL and MariaDB have already aborted (or rolled back) the transaction when
-    one of its statements fails; a later ``commit()`` would "succeed" and silently lose
-    the caller's earlier work. The flush's own recipe is a subtransaction rolled back
-    with ``_capture_exception``: the session becomes inactive and every later use raises
-    ``PendingRollbackError`` naming the original error. Called inside ``except``.
+    PostgreSQL has already aborted the transaction when one of its statements fails, and
+    InnoDB rolls the whole transaction back for a deadlock; a later ``commit()`` would
+    "succeed" and silently lose the caller's earlier work. The flush's own recipe is a
+    subtransaction rolled back with ``_capture_exception``: the session becomes inactive
+    and every later use raises ``PendingRollbackError`` naming ``error`` (by default the
+    exception being handled). Inside a SAVEPOINT of the caller's, that rollback is a
+    ROLLBACK TO SAVEPOINT, which recovers the transaction where the database kept it;
+    where it fails, the database had rolled back the whole transaction: see
+    :func:`abandon_transaction`.
     """
-    subtransaction = session._autobegin_t()._begin()  # pyright: ignore[reportPrivateUsage]
-    subtransaction.rollback(_capture_exception=True)
-    assert sys.exc_info()[1] is not None
+    error = sys.exc_info()[1] if error is None else error
+    assert error is not None
+    transaction = session._autobegin_t()  # pyright: ignore[reportPrivateUsage]
+    if not transaction.is_active:  # refusing already
+        return
+    try:
+        subtransaction = transaction._begin()  # pyright: ignore[reportPrivateUsage]
+        subtransaction.rollback(_capture_exception=True)
+    except sa_exc.DBAPIError:
+        if not transaction.nested:
+            raise
+        abandon_transaction(session, error)
+        return
+    transaction._rollback_exception = error  # pyright: ignore[reportPrivateUsage]
+
+
+def abandon_transaction(session: Session, error: BaseException) -> None:
+    """The database rolled back the session's whole transaction, SAVEPOINTs included
+    (InnoDB does for a deadlock's victim): make the session refuse, ``PendingRollbackError``
+    naming ``error``, until ``rollback()``.
+
+    SQLAlchemy's own rollback cannot: it would roll back the innermost SAVEPOINT (which
+    fails: the database no longer has it) and leave the enclosing transactions active,
+    so that once the caller's ``with session.begin_nested():`` block exits, a
+    ``commit()`` would "succeed" with the caller's earlier work silently gone; closing
+    the SAVEPOINT instead is refused inside its context manager. So each transaction
+    from the innermost to the outermost is deactivated as SQLAlchemy's rollback
+    deactivates one: its connection's SAVEPOINT or transaction rolled back (a SAVEPOINT's
+    ROLLBACK fails and is ignored, the outermost ROLLBACK ends what is left), its objects
+    restored from its snapshot, the error kept. Leaving a block then closes what it
+    opened without SQL, and ``rollback()`` ends the rest.
+    """
+    transaction: Any = session._transaction  # pyright: ignore[reportPrivateUsage]
+    while transaction is not None:
+        if transaction.is_active:
+            if transaction.parent is None or transaction.nested:  # owns its connections
+                for entry in set(transaction._connections.values()):
+                    connection_transaction = entry[1]
+                    if connection_transaction.is_active:
+                        with contextlib.suppress(sa_exc.DBAPIError):
+                            connection_transaction.rollback()
+                transaction._restore_snapshot(dirty_only=transaction.nested)
+            transaction._state = SessionTransactionState.DEACTIVE
+        if transaction._rollback_exception is None:
+            transaction._rollback_exception = error
+        transaction = transaction.parent
 
 
 def savepoint_number(conn: sa.Connection) -> int:

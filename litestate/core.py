@@ -77,7 +77,7 @@ from sqlalchemy.orm import Mapper, QueryableAttribute, Session, SessionTransacti
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.exc import DetachedInstanceError, ObjectDeletedError, StaleDataError
 
-from litestate import _sqla
+from litestate import _dialects, _sqla
 
 __all__ = [
     "HTTP_STATUS",
@@ -1105,7 +1105,7 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
                                "state column cannot be a primary key column")
     values: dict[Any, Any] = {state_col: sa.bindparam("ls_to", type_=state_col.type)}
     where = [c == sa.bindparam(f"ls_pk{i}", type_=c.type) for i, c in enumerate(key_cols)]
-    where.append(state_col == sa.bindparam("ls_from", type_=state_col.type))
+    where.append(_dialects.same_state(state_col, sa.bindparam("ls_from", type_=state_col.type)))
     if plan.timestamp is not None:
         ts_col = _timestamp_column(who, mapper, table, plan.timestamp)
         plan.naive = not ts_col.type.timezone
@@ -1750,7 +1750,9 @@ def _atomic_section(f: _Firing) -> Any:
             _run_body(f)
         _close_savepoint(f)
     except BaseException as exc:
-        _undo(f, exc)
+        error = _undo(f, exc)
+        if error is not exc:
+            raise error  # noqa: B904 - the error a failed ROLLBACK TO SAVEPOINT hid
         raise
     if not f.won:
         _lost(f)
@@ -1896,18 +1898,53 @@ def _close_section(f: _Firing) -> None:
         opened.remove(f.savepoint)
 
 
-def _undo(f: _Firing, exc: BaseException) -> None:
-    """Roll back the atomic section, show the object as the row now is, report."""
+def _undo(f: _Firing, exc: BaseException) -> BaseException:
+    """Roll back the atomic section, show the object as the row now is, report; returns
+    the error to raise: ``exc``, or the one a failed ROLLBACK TO SAVEPOINT hid."""
     plan, savepoint = f.plan, f.savepoint
+    error = exc
     if savepoint is not None:
         _close_section(f)
+        error, failed = _hidden_by_savepoint_rollback(exc)
         if _still_open(f.session, savepoint):
-            savepoint.rollback()
+            try:
+                savepoint.rollback()
+            except sa_exc.DBAPIError as rollback_error:
+                failed = rollback_error
+        if failed is not None:
+            _transaction_lost(f, error, failed)
     if savepoint is not None or not f.won:  # else the row keeps the write: so does memory
         _restore(f)
     for step in plan.on_failure:
-        step(f, exc)
-    _failed(plan, f.obj, f.current, f.args, f.kwargs, exc, f.error_state)
+        step(f, error)
+    _failed(plan, f.obj, f.current, f.args, f.kwargs, error, f.error_state)
+    return error
+
+
+def _hidden_by_savepoint_rollback(
+        exc: BaseException) -> tuple[BaseException, sa_exc.DBAPIError | None]:
+    """``(the error, the failed rollback)`` when ``exc`` is SQLAlchemy's own ROLLBACK TO
+    SAVEPOINT failing (a flush inside the SAVEPOINT failed, and rolling back to it failed
+    too): the error is the one it was handling. Else ``(exc, None)``."""
+    if not isinstance(exc, sa_exc.DBAPIError) or not (exc.statement or "").lstrip().upper() \
+            .startswith("ROLLBACK TO SAVEPOINT"):
+        return exc, None
+    hidden, orig = exc.__context__, cast(object, exc.orig)
+    while hidden is not None and hidden is orig:  # the driver's error it wraps
+        hidden = hidden.__context__
+    return (exc if hidden is None else hidden), exc
+
+
+def _transaction_lost(f: _Firing, error: BaseException, failed: sa_exc.DBAPIError) -> None:
+    """ROLLBACK TO SAVEPOINT failed: the database had already rolled back the whole
+    transaction, SAVEPOINTs included (InnoDB does for a deadlock's victim). The caller's
+    earlier work is gone too, so the session must refuse to commit until rollback()."""
+    if failed is not error:
+        error.add_note(
+            f"{f.plan.event}() of {_describe(f.obj)}: then ROLLBACK TO SAVEPOINT failed "
+            f"({failed.orig}): the database had rolled back the whole transaction, and the "
+            "session refuses to go on until rollback()")
+    _sqla.abandon_transaction(f.session, error)
 
 
 def _restore(f: _Firing) -> None:
@@ -1955,9 +1992,14 @@ def _lost(f: _Firing) -> NoReturn:
     if _sqla.is_deleted(state):
         _refuse(plan, obj, f.current, "conflict", "the object was deleted in this session",
                 f.args, f.kwargs)
-    # The next read shows the row; the caller's unsaved edits stay.
-    session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
-    actual = _load_state(plan, obj, f.args, f.kwargs)
+    # The object shows the row as committed now; the caller's unsaved edits stay.
+    assert f.conn is not None
+    if f.conn.dialect.name in _dialects.SNAPSHOT_READS:  # see there
+        _lock(plan, obj, state, session, f.args, f.kwargs)
+        actual = state.dict.get(plan.column)
+    else:
+        session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
+        actual = _load_state(plan, obj, f.args, f.kwargs)
     if f.blind:  # the state was never read: this is the first look at it
         _check_state(plan, obj, actual, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"
@@ -2063,17 +2105,20 @@ def _elapsed() -> float | None:
 
 
 def _now(plan: _Plan) -> datetime:
-    now = _clock()
-    if plan.naive and now.tzinfo is not None:
-        return now.astimezone(UTC).replace(tzinfo=None)
-    return now
+    """The clock's time as the timestamp column takes it."""
+    return _as_column(_clock(), plan.naive)
 
 
 def _as_column(now: datetime, naive: bool) -> datetime:
-    """A clock reading as a ``DateTime`` column takes it: naive UTC for a naive column."""
-    if naive and now.tzinfo is not None:
-        return now.astimezone(UTC).replace(tzinfo=None)
-    return now
+    """A clock reading as a ``DateTime`` column takes it: an aware time in UTC (naive UTC
+    for a naive column). An aware column gets UTC too, the same instant: MySQL's and
+    SQLite's keep no zone (SQLAlchemy drops the offset), so the clock's wall time in
+    another zone would be stored as another instant. A naive time goes as it is."""
+    tz = now.tzinfo
+    if tz is None or (tz is UTC and not naive):
+        return now
+    now = now.astimezone(UTC)
+    return now.replace(tzinfo=None) if naive else now
 
 
 def _record_id(obj: Any) -> Any:

@@ -105,6 +105,10 @@ _TRIGGERS = {
         "CREATE TRIGGER mutant_bump BEFORE UPDATE ON mutant_bumped FOR EACH ROW "
         "EXECUTE FUNCTION mutant_bump()",
     ],
+    "mysql": [
+        "CREATE TRIGGER mutant_bump BEFORE UPDATE ON mutant_bumped FOR EACH ROW "
+        "SET NEW.version = OLD.version + 1",
+    ],
 }
 
 

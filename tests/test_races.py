@@ -110,4 +110,4 @@ def test_the_lock_is_select_for_update_then_the_checked_update(
         else ["SELECT", "UPDATE"]
     # SQLite has no FOR UPDATE (the checked UPDATE still protects it)
     assert sql.statements[-2].rstrip().endswith(
-        "FOR UPDATE" if engine.dialect.name == "postgresql" else "?")
+        "?" if engine.dialect.name == "sqlite" else "FOR UPDATE")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SERVERS
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"^```python\n(.*?)^```$", README.read_text(), flags=re.S | re.M)
 # A python block followed by "It prints:" and a text block: what it must print.
@@ -25,14 +27,15 @@ def test_the_readme_has_examples() -> None:
 SQLITE_ENGINE = 'engine = enable_savepoints(create_engine("sqlite://"))'
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", *SERVERS])
 def readme_engine_line(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The README's engine line, or one for a database of its own on the test server (its
+    """The README's engine line, or one for a database of its own on a test server (its
     tables would clash with the test models')."""
     if request.param == "sqlite":
         yield SQLITE_ENGINE
         return
-    server = request.getfixturevalue("pg_engine")
+    server = request.getfixturevalue(
+        "pg_engine" if request.param == "postgresql" else "maria_engine")
     with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("DROP DATABASE IF EXISTS litestate_readme")
         conn.exec_driver_sql("CREATE DATABASE litestate_readme")
