@@ -47,11 +47,18 @@ from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, object_session
 
 from litestate import _sqla, core
 
 __all__ = ["TransitionLog", "context", "history", "log_data"]
+
+
+#: ``at``'s type: MySQL's and MariaDB's DATETIME keeps whole seconds unless told otherwise,
+#: and history's order needs the clock's microseconds.
+_MICROSECONDS = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql",
+                                                         "mariadb")
 
 
 class TransitionLog:
@@ -73,7 +80,7 @@ class TransitionLog:
     to_state: Mapped[Any] = mapped_column(sa.String(64))
     #: When, in UTC, from litestate's clock (the same reading as ``timestamp`` and
     #: ``changed_at``). SQLite returns it naive.
-    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(_MICROSECONDS)
     #: The context's, ``log_args``' and :func:`log_data`'s values that name no column.
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, insert_default=dict)
 
