@@ -28,6 +28,7 @@ from litestate.core import (
     transitions,
 )
 from litestate.diagram import diagram
+from litestate.history import TransitionLog, context, history, log_data
 
 try:
     __version__ = version("litestate")
@@ -44,13 +45,17 @@ __all__ = [
     "Transition",
     "TransitionArgumentError",
     "TransitionError",
+    "TransitionLog",
     "UnknownTransitionError",
     "__version__",
     "actions",
     "available_transitions",
     "can_transition",
+    "context",
     "diagram",
     "fire",
+    "history",
+    "log_data",
     "set_clock",
     "state_column",
     "transition",

@@ -306,6 +306,7 @@ def transition(
     frm: State | Iterable[State], to: State, *, column: str | None = None,
     timestamp: bool | str | None = None, guard: Guard | Sequence[Guard] | None = None,
     lock: bool = False, meta: Mapping[str, Any] | None = None,
+    log: type | bool | None = None, log_args: Iterable[str] = (),
 ) -> Callable[[Callable[Concatenate[_M, _P], _R]], Callable[Concatenate[_M, _P], _R]]:
     """Turn a method into a checked transition from ``frm`` (``"*"``: any) to ``to``.
 
@@ -313,12 +314,13 @@ def transition(
     ``f"{to}_at"``, a string names the column; ``guard`` is a callable, a method name or
     a list of them, all of which must hold; ``lock=True`` reads the state under
     ``SELECT ... FOR UPDATE``; ``meta`` is free-form data for views, kept on
-    :class:`Transition` and :class:`Action`. The method keeps its parameters and return
-    value.
+    :class:`Transition` and :class:`Action`; ``log`` overrides the state column's log
+    model (``False``: no row), ``log_args`` names call arguments copied into the row (see
+    :mod:`litestate.history`). The method keeps its parameters and return value.
     """
     options = _Spec(None, "", _states(frm), _state(to, "to"), _column_option(column),
                     _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock),
-                    _meta_option(meta))
+                    _meta_option(meta), _log_option(log), _log_args_option(log_args))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
         if isinstance(fn, _Declared):
@@ -338,19 +340,37 @@ def transition(
     return decorate
 
 
-def state_column(column: str) -> Callable[[_C], _C]:
+def state_column(column: str, *, log: type | None = None,
+                 changed_at: str | None = None) -> Callable[[_C], _C]:
     """Class decorator: the column transitions use when they do not name one.
 
-    It only records the name: the class is compiled later (see the module docstring), so
+    ``log`` names a :class:`litestate.TransitionLog` model: every successful transition
+    on the column inserts one row of it in its atomic section. ``changed_at`` names a
+    ``DateTime`` column stamped, in the state's own UPDATE, by every transition on the
+    column. Several ``@state_column`` decorators declare several columns, each with its
+    options; the top one is the default column.
+
+    It only records them: the class is compiled later (see the module docstring), so
     a relationship to a class defined further down still works.
     """
     if not isinstance(column, str) or not column:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise DeclarationError(f"@state_column({column!r}): a column is a non-empty str")
+    if log is not None and (not isinstance(log, type) or log is bool):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise DeclarationError(f"@state_column({column!r}, log={log!r}): log is a "
+                               "TransitionLog model class")
+    if changed_at is not None and (not isinstance(changed_at, str) or not changed_at):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise DeclarationError(f"@state_column({column!r}, changed_at={changed_at!r}): "
+                               "changed_at names a column")
+    options = _ColumnOptions(log, changed_at)
 
     def decorate(cls: _C) -> _C:
         if not isinstance(cls, type):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise DeclarationError(f"@state_column({column!r}) decorates a class, not {cls!r}")
-        type.__setattr__(cls, "__litestate_column__", column)
+        type.__setattr__(cls, "__litestate_column__", column)  # the top decorator runs last
+        # The class's own record, starting from what it inherits.
+        columns = dict(column_options(cls))
+        columns[column] = options
+        type.__setattr__(cls, _COLUMNS, MappingProxyType(columns))
         if _KEY in cls.__dict__:  # compiled too early (a call before the decorator ran)
             type.__delattr__(cls, _KEY)
         return cls
@@ -524,7 +544,24 @@ def transition_state(
 # -- declaration: what the decorator records -------------------------------------------
 
 _KEY = "__litestate_machine__"  # the compiled machine, in the class's own __dict__
+_COLUMNS = "__litestate_columns__"  # @state_column's options, per column
 _MISSING: Any = object()
+
+
+class _ColumnOptions(NamedTuple):
+    """What ``@state_column`` records for one column."""
+
+    log: type | None
+    changed_at: str | None
+
+
+_NO_COLUMNS: Mapping[str, _ColumnOptions] = MappingProxyType({})
+
+
+def column_options(cls: type) -> Mapping[str, _ColumnOptions]:
+    """The options ``@state_column`` recorded for each column of ``cls`` (inherited too)."""
+    options: Mapping[str, _ColumnOptions] = getattr(cls, _COLUMNS, _NO_COLUMNS)
+    return options
 
 
 class _Spec(NamedTuple):
@@ -539,6 +576,8 @@ class _Spec(NamedTuple):
     guards: tuple[Guard, ...]
     lock: bool
     meta: Mapping[str, Any]
+    log: type | bool | None = None  # None: the column's; False: none
+    log_args: tuple[str, ...] = ()
 
     def with_fn(self, fn: Callable[..., Any]) -> _Spec:
         return self._replace(fn=fn, event=getattr(fn, "__name__", ""))
@@ -549,7 +588,7 @@ class _Spec(NamedTuple):
         if self.frm is not None:
             frm = tuple((state.__class__, state) for state in self.frm)
         return (self.event, frm, self.to.__class__, self.to, self.column, self.timestamp,
-                self.guards, self.lock)
+                self.guards, self.lock, self.log, self.log_args)
 
 
 class _Declared:
@@ -656,6 +695,24 @@ def _meta_option(meta: object) -> Mapping[str, Any]:
     return MappingProxyType(entries)
 
 
+def _log_option(log: object) -> type | bool | None:
+    if log is None or log is False or (isinstance(log, type) and log is not bool):
+        return cast("type | bool | None", log)
+    raise DeclarationError(f"@transition(log={log!r}): log is a TransitionLog model, False "
+                           "(no row) or None (the state column's)")
+
+
+def _log_args_option(log_args: object) -> tuple[str, ...]:
+    given: Any = log_args  # not narrowed: a tuple of Any
+    names: tuple[Any, ...] = () if isinstance(log_args, str) or not isinstance(
+        log_args, Iterable) else tuple(given)
+    if isinstance(log_args, str) or not all(isinstance(n, str) and n.isidentifier()
+                                            for n in names):
+        raise DeclarationError(f"@transition(log_args={log_args!r}): log_args is a tuple of "
+                               "parameter names")
+    return names
+
+
 def _lock_option(lock: object) -> bool:
     if not isinstance(lock, bool):
         raise DeclarationError(f"@transition(lock={lock!r}): lock is True or False")
@@ -753,10 +810,11 @@ class _Guard(NamedTuple):
 class _Plan:
     """What the runtime reads to fire one transition of one class."""
 
-    __slots__ = ("after_write", "bind", "blind", "check", "column", "default", "desc",
-                 "event", "fn", "frm", "guards", "key", "lock", "mapped", "naive", "nested",
-                 "normalize", "on_failure", "only_self", "parameters", "refresh", "spec",
-                 "starts_from", "stmt", "timestamp", "to", "version")
+    __slots__ = ("after_write", "bind", "blind", "changed_at", "changed_naive", "check",
+                 "column", "default", "desc", "event", "fn", "frm", "guards", "key", "lock",
+                 "mapped", "naive", "nested", "normalize", "on_failure", "only_self",
+                 "parameters", "refresh", "spec", "starts_from", "stmt", "timestamp", "to",
+                 "version")
 
     def __init__(self) -> None:
         self.event = self.column = ""
@@ -764,7 +822,9 @@ class _Plan:
         self.frm: frozenset[Any] | None = None
         self.to: Any = None
         self.timestamp: str | None = None
+        self.changed_at: str | None = None  # @state_column(changed_at=...)
         self.lock = self.mapped = self.naive = self.blind = self.only_self = False
+        self.changed_naive = False
         self.nested = False  # a body or an extension's step runs: always a SAVEPOINT
         self.fn: Callable[..., Any] | None = None  # None: an empty body, never called
         self.check: Callable[..., None] = _no_arguments  # raises TypeError on a bad call
@@ -942,6 +1002,13 @@ def _compile_plan(cls: type, mapper: Mapper[Any] | None, spec: _Spec) -> _Plan:
         _check_settable(who, cls, column)
     ts = f"{_plain(spec.to)}_at" if spec.timestamp is True else spec.timestamp or None
     plan.timestamp = ts
+    options = column_options(cls).get(column)
+    plan.changed_at = options.changed_at if options is not None else None
+    if plan.changed_at is not None and plan.changed_at == ts:
+        raise DeclarationError(f"{who}: timestamp {ts!r} is also the changed_at column of "
+                               f"{column}; stamp it once")
+    if mapper is None and plan.changed_at is not None:
+        _check_settable(who, cls, plan.changed_at)
     convert = _converter(who, mapper, column)
     plan.frm = None if spec.frm is None else frozenset(convert(s) for s in spec.frm)
     plan.to = convert(spec.to)
@@ -1001,6 +1068,10 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
         ts_col = _timestamp_column(who, mapper, table, plan.timestamp)
         plan.naive = not ts_col.type.timezone
         values[ts_col] = sa.bindparam("ls_ts", type_=ts_col.type)
+    if plan.changed_at is not None:
+        changed_col = _timestamp_column(who, mapper, table, plan.changed_at)
+        plan.changed_naive = not changed_col.type.timezone
+        values[changed_col] = sa.bindparam("ls_changed", type_=changed_col.type)
     version_col = mapper.version_id_col
     if version_col is not None:
         if version_col.table is not table:
@@ -1349,12 +1420,15 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     column, ts = plan.column, plan.timestamp
     old_ts = getattr(obj, ts, _MISSING) if ts is not None else None
     wrote = stamped = False
+    changed: Any = None
     try:
         setattr(obj, column, plan.to)
         wrote = True
         if ts is not None:
             setattr(obj, ts, _now(plan))
             stamped = True
+        if plan.changed_at is not None:
+            changed = _stamp_changed_in_memory(plan, obj)
         result = None if plan.fn is None else plan.fn(obj, *args, **kwargs)
         if transition_succeeded.receivers:
             _send(transition_succeeded, obj.__class__,
@@ -1367,9 +1441,26 @@ def _fire(plan: _Plan, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
                 delattr(obj, cast(str, ts))
             else:
                 setattr(obj, cast(str, ts), old_ts)
+        if changed is not None:
+            changed()
         _failed(plan, obj, current, args, kwargs, exc)
         raise
     return result
+
+
+def _stamp_changed_in_memory(plan: _Plan, obj: Any) -> Callable[[], None]:
+    """Stamp the column's ``changed_at``; returns what puts the old value back."""
+    name = cast(str, plan.changed_at)
+    old = getattr(obj, name, _MISSING)
+    setattr(obj, name, _as_column(_clock(), plan.changed_naive))
+
+    def restore() -> None:
+        if old is _MISSING:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, old)
+
+    return restore
 
 
 def _unset_state(plan: _Plan, obj: Any) -> Any:
@@ -1466,8 +1557,9 @@ class _Firing:
     """One call on an object in a session, handed from step to step (and to the plan's
     extra steps: a history row, an error state)."""
 
-    __slots__ = ("args", "blind", "conn", "current", "kwargs", "now", "obj", "old_ts", "plan",
-                 "result", "savepoint", "session", "state", "version", "won")
+    __slots__ = ("args", "at", "blind", "changed", "conn", "current", "kwargs", "now", "obj",
+                 "old_changed", "old_ts", "plan", "result", "savepoint", "session", "state",
+                 "version", "won")
 
     def __init__(self, plan: _Plan, obj: Any, state: Any, session: Session, current: Any,
                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -1477,8 +1569,11 @@ class _Firing:
         self.savepoint: SessionTransaction | None = None
         self.won, self.result = False, None
         self.blind = False  # the state was not read: the UPDATE assumed plan.frm's one state
-        self.now: datetime | None = None
+        self.at: datetime | None = None  # the clock's reading, when anything was stamped
+        self.now: datetime | None = None  # the timestamp written, in its column's form
         self.old_ts: Any = _MISSING
+        self.changed: datetime | None = None  # the changed_at written
+        self.old_changed: Any = _MISSING
         self.version: tuple[Any, Any] | None = None  # (read, written)
 
     def payload(self) -> dict[str, Any]:
@@ -1642,10 +1737,15 @@ def _write(f: _Firing) -> bool:
     plan, obj, state = f.plan, f.obj, f.state
     params = {name: state.key[1][i] for name, i in plan.key}
     params["ls_from"], params["ls_to"] = f.current, plan.to
-    ts = plan.timestamp
-    if ts is not None:
-        params["ls_ts"] = f.now = _now(plan)
-        f.old_ts = state.dict.get(ts, _MISSING)
+    ts, changed = plan.timestamp, plan.changed_at
+    if ts is not None or changed is not None:
+        f.at = at = _clock()
+        if ts is not None:
+            params["ls_ts"] = f.now = _as_column(at, plan.naive)
+            f.old_ts = state.dict.get(ts, _MISSING)
+        if changed is not None:
+            params["ls_changed"] = f.changed = _as_column(at, plan.changed_naive)
+            f.old_changed = state.dict.get(changed, _MISSING)
     if plan.version is not None:
         _version_params(f, params)
     assert f.conn is not None
@@ -1664,6 +1764,8 @@ def _write(f: _Firing) -> bool:
         set_committed_value(obj, plan.column, plan.to)
         if ts is not None:
             set_committed_value(obj, ts, f.now)
+        if changed is not None:
+            set_committed_value(obj, changed, f.changed)
         if f.version is not None:
             _set_version(f)
         _sqla.register_altered(f.session, state)
@@ -1762,6 +1864,12 @@ def _restore(f: _Firing) -> None:
             f.session.expire(obj, [ts])
         else:
             set_committed_value(obj, ts, f.old_ts)
+    changed = plan.changed_at
+    if changed is not None and f.changed is not None:
+        if f.old_changed is _MISSING:
+            f.session.expire(obj, [changed])
+        else:
+            set_committed_value(obj, changed, f.old_changed)
     if f.version is not None:
         set_committed_value(obj, cast(_Version, plan.version).key, f.version[0])
 
@@ -1882,6 +1990,13 @@ def _elapsed() -> float | None:
 def _now(plan: _Plan) -> datetime:
     now = _clock()
     if plan.naive and now.tzinfo is not None:
+        return now.astimezone(UTC).replace(tzinfo=None)
+    return now
+
+
+def _as_column(now: datetime, naive: bool) -> datetime:
+    """A clock reading as a ``DateTime`` column takes it: naive UTC for a naive column."""
+    if naive and now.tzinfo is not None:
         return now.astimezone(UTC).replace(tzinfo=None)
     return now
 
