@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
-from litestate import state_column, transition
+from litestate import TransitionLog, state_column, transition
 
 # sqlalchemy-fsm registers its events when imported, and a class mapped before that
 # cannot fire its transitions: import it before any class here is mapped.
@@ -152,3 +153,62 @@ class HandTodo(_Columns, HandWritten, Base):
             self._write(session, "doing", "pending")
             self.counter += 1
             session.flush()
+
+
+# -- history: a transition and its log row --------------------------------------------
+
+
+class LoggedLog(TransitionLog, Base):
+    __tablename__ = "bench_logged_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    todo_id: Mapped[int] = mapped_column(sa.ForeignKey("bench_logged.id"))
+
+
+@state_column("status", log=LoggedLog)
+class LoggedTodo(Toggle, _Columns, HandWritten, Base):
+    """litestate with ``log=``: SAVEPOINT, UPDATE, INSERT, RELEASE."""
+
+    __tablename__ = "bench_logged"
+
+
+class HandLog(TransitionLog, Base):
+    __tablename__ = "bench_hand_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    todo_id: Mapped[int] = mapped_column(sa.ForeignKey("bench_hand_logged.id"))
+
+
+_HAND_UPDATE: Any = None
+_HAND_INSERT: Any = None
+
+
+class HandLoggedTodo(_Columns, HandWritten, Base):
+    """The same guarantees by hand: SAVEPOINT, conditional UPDATE, INSERT, RELEASE, the
+    statements built once."""
+
+    __tablename__ = "bench_hand_logged"
+
+    def logged(self, session: Session, frm: str, to: str) -> None:
+        global _HAND_UPDATE, _HAND_INSERT
+        if _HAND_UPDATE is None:
+            table: Any = HandLoggedTodo.__table__
+            _HAND_UPDATE = sa.update(table).where(
+                table.c.id == sa.bindparam("pk"), table.c.status == sa.bindparam("frm")
+            ).values(status=sa.bindparam("to"))
+            _HAND_INSERT = sa.insert(HandLog.__table__)  # type: ignore[arg-type]
+        if self.status != frm:
+            raise Refused
+        with session.begin_nested():
+            conn = session.connection()
+            if conn.execute(_HAND_UPDATE, {"pk": self.id, "frm": frm, "to": to}
+                            ).rowcount != 1:
+                raise Refused("lost race")
+            conn.execute(_HAND_INSERT, {"todo_id": self.id, "event": "start", "column":
+                                        "status", "from_state": frm, "to_state": to,
+                                        "at": datetime.now(UTC), "data": {}})
+            set_committed_value(self, "status", to)
+
+    def log_start(self, session: Session) -> None:
+        self.logged(session, "pending", "doing")
+
+    def log_stop(self, session: Session) -> None:
+        self.logged(session, "doing", "pending")

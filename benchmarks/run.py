@@ -23,7 +23,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import litestate
-from benchmarks.models import Base, HandTodo, LiteTodo, PlainTodo, ProbeTodo, Refused
+from benchmarks.models import (
+    Base,
+    HandLoggedTodo,
+    HandTodo,
+    LiteTodo,
+    LoggedTodo,
+    PlainTodo,
+    ProbeTodo,
+    Refused,
+)
 from benchmarks.peers import peer_classes, statemachine_machine, transitions_machine
 from litestate import TransitionError, available_transitions, can_transition
 from litestate.sqlite import enable_savepoints
@@ -266,7 +275,39 @@ def database(engine: sa.Engine, label: str) -> None:
                     "hand-written, same guarantees", number=60, rounds=9, extra=sql,
                     target={"litestate": "≤ 1.05"})
     savepoint_cost(session, hand, label)
+    logged(session, engine, label)
     session.close()
+
+
+def logged(session: Session, engine: sa.Engine, label: str) -> None:
+    """A transition and its log row (``@state_column(..., log=...)``) against the same
+    statements by hand: SAVEPOINT, conditional UPDATE, INSERT, RELEASE."""
+    lite, hand = LoggedTodo(), HandLoggedTodo()
+    session.add_all([lite, hand])
+    session.commit()
+    steps: dict[str, tuple[Case, Case]] = {
+        "hand-written, same guarantees": (lambda: hand.log_start(session),
+                                          lambda: hand.log_stop(session)),
+        "litestate, log=": (lite.start, lite.stop),
+    }
+    for mode, finish in (("+ flush", session.flush), ("+ commit", session.commit)):
+        def make(start: Case, stop: Case, finish: Callable[[], None] = finish) -> Case:
+            def toggled() -> None:
+                start()
+                finish()
+                stop()
+                finish()
+            return toggled
+        cases = {name: make(*pair) for name, pair in steps.items()}
+        sql: dict[str, str] = {}
+        for name, case in cases.items():
+            case()
+            with counting(engine) as statements:
+                case()
+            sql[name] = f"{len(statements) / 2:g} ({', '.join(sorted(set(statements)))})"
+        compare(f"3d. {label}: transition + log row {mode}", cases,
+                "hand-written, same guarantees", number=60, rounds=9, extra=sql,
+                target={"litestate, log=": "≤ 1.05"})
 
 
 def savepoint_cost(session: Session, hand: Any, label: str) -> None:
