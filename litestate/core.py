@@ -306,7 +306,7 @@ def transition(
     frm: State | Iterable[State], to: State, *, column: str | None = None,
     timestamp: bool | str | None = None, guard: Guard | Sequence[Guard] | None = None,
     lock: bool = False, meta: Mapping[str, Any] | None = None,
-    log: type | bool | None = None, log_args: Iterable[str] = (),
+    log: type | bool | None = None, log_args: Iterable[str] = (), leased: bool = False,
 ) -> Callable[[Callable[Concatenate[_M, _P], _R]], Callable[Concatenate[_M, _P], _R]]:
     """Turn a method into a checked transition from ``frm`` (``"*"``: any) to ``to``.
 
@@ -316,11 +316,14 @@ def transition(
     ``SELECT ... FOR UPDATE``; ``meta`` is free-form data for views, kept on
     :class:`Transition` and :class:`Action`; ``log`` overrides the state column's log
     model (``False``: no row), ``log_args`` names call arguments copied into the row (see
-    :mod:`litestate.history`). The method keeps its parameters and return value.
+    :mod:`litestate.history`); ``leased=True`` makes the write succeed only for the
+    worker whose :func:`litestate.claim` holds the row's lease, and ends the lease (see
+    :mod:`litestate.bulk`). The method keeps its parameters and return value.
     """
     options = _Spec(None, "", _states(frm), _state(to, "to"), _column_option(column),
                     _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock),
-                    _meta_option(meta), _log_option(log), _log_args_option(log_args))
+                    _meta_option(meta), _log_option(log), _log_args_option(log_args),
+                    _flag_option("leased", leased))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
         if isinstance(fn, _Declared):
@@ -578,6 +581,7 @@ class _Spec(NamedTuple):
     meta: Mapping[str, Any]
     log: type | bool | None = None  # None: the column's; False: none
     log_args: tuple[str, ...] = ()
+    leased: bool = False  # only the holder of the row's lease may write (litestate.bulk)
 
     def with_fn(self, fn: Callable[..., Any]) -> _Spec:
         return self._replace(fn=fn, event=getattr(fn, "__name__", ""))
@@ -588,7 +592,7 @@ class _Spec(NamedTuple):
         if self.frm is not None:
             frm = tuple((state.__class__, state) for state in self.frm)
         return (self.event, frm, self.to.__class__, self.to, self.column, self.timestamp,
-                self.guards, self.lock, self.log, self.log_args)
+                self.guards, self.lock, self.log, self.log_args, self.leased)
 
 
 class _Declared:
@@ -598,8 +602,11 @@ class _Declared:
         self.__litestate__ = spec
 
     def __set_name__(self, owner: type, name: str) -> None:
-        # The event is the attribute name; each name gets a method of its own.
-        setattr(owner, name, _method(self.__litestate__._replace(event=name)))
+        # The event is the attribute name; each name gets a method of its own, which
+        # knows its class (litestate.transition_many(session, Model.event) needs it).
+        method = _method(self.__litestate__._replace(event=name))
+        method.__litestate_owner__ = owner  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
+        setattr(owner, name, method)
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("@transition decorates methods defined in a class body (not a "
@@ -714,9 +721,13 @@ def _log_args_option(log_args: object) -> tuple[str, ...]:
 
 
 def _lock_option(lock: object) -> bool:
-    if not isinstance(lock, bool):
-        raise DeclarationError(f"@transition(lock={lock!r}): lock is True or False")
-    return lock
+    return _flag_option("lock", lock)
+
+
+def _flag_option(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise DeclarationError(f"@transition({name}={value!r}): {name} is True or False")
+    return value
 
 
 def _states(frm: object) -> tuple[Any, ...] | None:
@@ -798,6 +809,17 @@ _COMPILING = threading.RLock()
 plan_extensions: list[Callable[[type, _Plan], None]] = []
 
 
+class WriteCondition(NamedTuple):
+    """What an optional module adds to a plan's conditional UPDATE (``plan.stmt``, to
+    which it adds its WHERE clauses and SET values at compile time): the bound values of
+    one call, what the object shows once the row matched, and why a row that did not
+    match refused (``None``: the state's own explanation)."""
+
+    params: Callable[[_Firing, dict[str, Any]], None]
+    written: Callable[[_Firing], None]
+    explain: Callable[[_Firing, Any], str | None]  # (firing, the state now) -> detail
+
+
 class _Guard(NamedTuple):
     """A guard compiled for one class and one method."""
 
@@ -814,7 +836,7 @@ class _Plan:
                  "column", "default", "desc", "event", "fn", "frm", "guards", "key", "lock",
                  "mapped", "naive", "nested", "normalize", "on_failure", "only_self",
                  "parameters", "refresh", "spec", "starts_from", "stmt", "timestamp", "to",
-                 "version")
+                 "version", "write_conditions")
 
     def __init__(self) -> None:
         self.event = self.column = ""
@@ -844,6 +866,8 @@ class _Plan:
         #: (``step(firing)``), and steps run after an undo (``step(firing, error)``).
         self.after_write: tuple[Callable[[_Firing], None], ...] = ()
         self.on_failure: tuple[Callable[[_Firing, BaseException], None], ...] = ()
+        #: Conditions and values an extension added to ``stmt`` (a lease's owner).
+        self.write_conditions: tuple[WriteCondition, ...] = ()
 
     def with_body(self, fn: Callable[..., Any]) -> _Plan:
         copy = _Plan.__new__(_Plan)
@@ -1748,6 +1772,8 @@ def _write(f: _Firing) -> bool:
             f.old_changed = state.dict.get(changed, _MISSING)
     if plan.version is not None:
         _version_params(f, params)
+    for condition in plan.write_conditions:
+        condition.params(f, params)
     assert f.conn is not None
     try:
         rowcount = f.conn.execute(plan.stmt, params).rowcount
@@ -1768,6 +1794,8 @@ def _write(f: _Firing) -> bool:
             set_committed_value(obj, changed, f.changed)
         if f.version is not None:
             _set_version(f)
+        for condition in plan.write_conditions:
+            condition.written(f)
         _sqla.register_altered(f.session, state)
     return f.won
 
@@ -1885,6 +1913,10 @@ def _lost(f: _Firing) -> NoReturn:
     actual = _load_state(plan, obj, f.args, f.kwargs)
     if f.blind:  # the state was never read: this is the first look at it
         _check_state(plan, obj, actual, f.args, f.kwargs)
+    for condition in plan.write_conditions:
+        detail = condition.explain(f, actual)
+        if detail is not None:
+            _refuse(plan, obj, f.current, "conflict", detail, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"
     _refuse(plan, obj, f.current, "conflict",
             f"it was {f.current!r} when read but the row's {what} changed before the write "
@@ -2051,13 +2083,21 @@ _Pending = dict[SessionTransaction, list[_Entry]]  # session.info[_PENDING]
 
 
 def _queue_committed(f: _Firing) -> None:
-    session = f.session
+    assert f.conn is not None
+    queue_committed(f.session, f.conn, f.obj.__class__, (f.payload(),))
+
+
+def queue_committed(session: Session, conn: sa.Connection, sender: type,
+                    payloads: Iterable[dict[str, Any]]) -> None:
+    """Queue :data:`transition_committed` for writes just made on ``conn`` in the session's
+    current transaction, one signal per payload: sent once the database commits, dropped
+    if it rolls back (how :mod:`litestate.bulk` sends one per row it moved)."""
     trans = session.get_nested_transaction() or session.get_transaction()
     assert trans is not None
-    assert f.conn is not None
     pending: _Pending = session.info.setdefault(_PENDING, {})
-    pending.setdefault(trans, []).append(
-        (f.obj.__class__, f.payload(), f.conn, _sqla.savepoint_number(f.conn)))
+    savepoint = _sqla.savepoint_number(conn)
+    pending.setdefault(trans, []).extend(
+        (sender, payload, conn, savepoint) for payload in payloads)
 
 
 @sa_event.listens_for(Session, "after_commit")
