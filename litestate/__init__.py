@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from litestate.bulk import Lease, claim, reclaim, renew, transition_many
 from litestate.core import (
     HTTP_STATUS,
     Action,
@@ -42,6 +43,7 @@ __all__ = [
     "DeclarationError",
     "GuardError",
     "InvalidStateError",
+    "Lease",
     "Transition",
     "TransitionArgumentError",
     "TransitionError",
@@ -51,17 +53,21 @@ __all__ = [
     "actions",
     "available_transitions",
     "can_transition",
+    "claim",
     "context",
     "diagram",
     "fire",
     "history",
     "log_data",
+    "reclaim",
+    "renew",
     "set_clock",
     "state_column",
     "transition",
     "transition_committed",
     "transition_failed",
     "transition_invalid",
+    "transition_many",
     "transition_state",
     "transition_succeeded",
     "transitions",

@@ -812,12 +812,14 @@ plan_extensions: list[Callable[[type, _Plan], None]] = []
 class WriteCondition(NamedTuple):
     """What an optional module adds to a plan's conditional UPDATE (``plan.stmt``, to
     which it adds its WHERE clauses and SET values at compile time): the bound values of
-    one call, what the object shows once the row matched, and why a row that did not
-    match refused (``None``: the state's own explanation)."""
+    one call, what the object shows once the row matched, and, for a refusal, whether
+    the condition is to blame: ``explain(obj, unchanged)`` returns a conflict's detail, or
+    ``None`` for the state's own explanation; ``unchanged`` is true when the UPDATE matched
+    no row although the state is the one read (only an added condition refused)."""
 
     params: Callable[[_Firing, dict[str, Any]], None]
     written: Callable[[_Firing], None]
-    explain: Callable[[_Firing, Any], str | None]  # (firing, the state now) -> detail
+    explain: Callable[[Any, bool], str | None]
 
 
 class _Guard(NamedTuple):
@@ -1534,13 +1536,25 @@ def _read_for_probe(plan: _Plan, obj: Any) -> Any:
 
 
 def _check_state(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
-    """The state read, in the column's form, if ``frm`` allows it; else the refusal."""
+                 kwargs: dict[str, Any], in_session: bool = False) -> Any:
+    """The state read, in the column's form, if ``frm`` allows it; else the refusal (for
+    an object in a session, a conflict if a condition of the write explains it)."""
     if current is not None:
         current = plan.normalize(current)
         if plan.frm is None or current in plan.frm:
             return current
+    if in_session:
+        _explain_conflict(plan, obj, current, False, args, kwargs)
     _refuse(plan, obj, current, "invalid", plan.starts_from, args, kwargs)
+
+
+def _explain_conflict(plan: _Plan, obj: Any, current: Any, unchanged: bool,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A conflict, if a condition an extension added to the write is to blame."""
+    for condition in plan.write_conditions:
+        detail = condition.explain(obj, unchanged)
+        if detail is not None:
+            _refuse(plan, obj, current, "conflict", detail, args, kwargs)
 
 
 def _first_refusing_guard(plan: _Plan, obj: Any, args: tuple[Any, ...],
@@ -1625,7 +1639,7 @@ def _fire_steps(plan: _Plan, obj: Any, state: Any, session: Session,
     if current is _MISSING or current is None:
         current = _load_state(plan, obj, args, kwargs)
     if current is None or (plan.frm is not None and current not in plan.frm):
-        current = _check_state(plan, obj, current, args, kwargs)
+        current = _check_state(plan, obj, current, args, kwargs, True)
     if plan.guards and (label := _first_refusing_guard(plan, obj, args, kwargs,
                                                        askable_only=False)):
         _refuse(plan, obj, current, "guard", f"guard {label} returned false", args,
@@ -1912,11 +1926,10 @@ def _lost(f: _Firing) -> NoReturn:
     session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
     actual = _load_state(plan, obj, f.args, f.kwargs)
     if f.blind:  # the state was never read: this is the first look at it
-        _check_state(plan, obj, actual, f.args, f.kwargs)
-    for condition in plan.write_conditions:
-        detail = condition.explain(f, actual)
-        if detail is not None:
-            _refuse(plan, obj, f.current, "conflict", detail, f.args, f.kwargs)
+        _check_state(plan, obj, actual, f.args, f.kwargs, True)
+    if plan.write_conditions:
+        unchanged = actual is not None and plan.normalize(actual) == f.current
+        _explain_conflict(plan, obj, f.current, unchanged, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"
     _refuse(plan, obj, f.current, "conflict",
             f"it was {f.current!r} when read but the row's {what} changed before the write "
