@@ -79,7 +79,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from litestate import _sqla, core
 from litestate.history import BatchRows, batch_rows
 
-__all__ = ["Lease", "claim", "reclaim", "renew", "transition_many"]
+__all__ = ["Lease", "claim", "db_now", "reclaim", "renew", "transition_many"]
 
 _M = TypeVar("_M")
 _TOKEN = "litestate.lease"  # InstanceState.info: the token of the claim that loaded it
@@ -197,6 +197,12 @@ def reclaim(session: Session, event: Callable[..., object], *, where: Any = None
 
 
 # -- the database's clock ------------------------------------------------------------------
+
+
+def db_now() -> sa.ColumnElement[datetime]:
+    """The database's clock, as leases are judged by it, for a query of your own:
+    ``select(Job.id).where(Job.lease_expires_at < litestate.bulk.db_now())``."""
+    return _db_now()
 
 
 class _db_now(FunctionElement[datetime]):
