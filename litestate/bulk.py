@@ -661,14 +661,14 @@ def _run(session: Session, batch: _Batch, call: _Call) -> _Moved:
 
 
 def _restrict(batch: _Batch, call: _Call, dialect: Any) -> list[Any]:
-    """``pk IN (SELECT pk ... LIMIT n FOR UPDATE SKIP LOCKED)``, when the call chooses
-    (SQLite has no row locks: there only a limit needs it)."""
+    """``pk IN (SELECT pk ... LIMIT n [FOR UPDATE SKIP LOCKED])``, when the call chooses
+    (SQLite, which runs such a subquery once, has no row locks: only a limit needs it)."""
     locking = call.skip_locked and dialect.name != "sqlite"
     if call.limit is None and not locking:
         return []
     pick = sa.select(*batch.keys).where(*call.conditions).order_by(*call.order_by) \
         .limit(call.limit).correlate(None)
-    if locking and call.skip_locked:
+    if locking:
         pick = pick.with_for_update(skip_locked=True)
     if len(batch.keys) == 1:
         return [batch.keys[0].in_(pick.scalar_subquery())]
@@ -684,13 +684,21 @@ def _update_returning(session: Session, conn: sa.Connection, batch: _Batch, call
     returned: tuple[Any, ...] = tuple(batch.table.columns) if loads_rows else batch.returned
     from_state: Any = None
     update: Any
-    if need_from:  # PostgreSQL: the rows chosen, locked, with the state they had
-        chosen: Any = sa.select(*batch.keys, batch.state.label("ls_from")).where(
-            *call.conditions).order_by(*call.order_by).limit(call.limit).with_for_update(
-                skip_locked=call.skip_locked).cte("ls_chosen")
+    if conn.dialect.name == "postgresql" and (
+            need_from or call.limit is not None or call.skip_locked):
+        # The rows chosen (with the state they had), in a WITH query of their own, which
+        # PostgreSQL runs once: `pk IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` may be
+        # run again for each row of the UPDATE, each run skipping the rows the UPDATE has
+        # already written, and move more than n rows.
+        picked = [batch.state.label("ls_from")] if need_from else []
+        pick = sa.select(*batch.keys, *picked).where(*call.conditions).order_by(
+            *call.order_by).limit(call.limit)
+        if need_from or call.skip_locked:
+            pick = pick.with_for_update(skip_locked=call.skip_locked)
+        chosen: Any = pick.cte("ls_chosen").prefix_with("MATERIALIZED")
         update = cast(Any, sa.update(table)).where(
             *[key == chosen.c[key.key] for key in batch.keys], *call.conditions).values(
-                call.values).returning(*returned, chosen.c.ls_from)
+                call.values).returning(*returned, *([chosen.c.ls_from] if need_from else []))
     else:
         update = cast(Any, sa.update(table)).where(*call.conditions, *_restrict(
             batch, call, conn.dialect)).values(call.values).returning(*returned)
