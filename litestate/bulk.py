@@ -545,9 +545,19 @@ def _order_by(batch: _Batch, order_by: Any) -> Iterable[Any]:
 
 
 def _other_tables(clause: Any, table: sa.Table) -> str:
-    """The tables (other than ``table``) a condition reads outside its own subqueries."""
-    froms = sa.select(sa.literal(1)).where(clause).get_final_froms()
-    return ", ".join(sorted(str(getattr(f, "name", f)) for f in froms if f is not table))
+    """The tables (other than ``table``) a condition reads outside its own subqueries,
+    which an UPDATE would join to every row."""
+    found: set[str] = set()
+    stack = [clause]
+    while stack:
+        element = stack.pop()
+        if isinstance(element, sa.ScalarSelect | sa.sql.expression.SelectBase):
+            continue  # a subquery has FROMs of its own
+        other = getattr(element, "table", None)
+        if isinstance(element, sa.ColumnClause) and other is not None and other is not table:
+            found.add(str(getattr(other, "name", other)))
+        stack.extend(element.get_children())
+    return ", ".join(sorted(found))
 
 
 def _limit(api: str, limit: object, default: int | None) -> int | None:
