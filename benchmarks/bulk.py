@@ -149,7 +149,6 @@ def batches(engine: sa.Engine, label: str) -> None:
         naive = now.replace(tzinfo=None)
         t: Any = LoggedTask.__table__
         log: Any = TaskLog.__table__
-        conn = session.connection()
         update = sa.update(t).where(t.c.state == "queued").values(
             state="running", started_at=naive, state_changed_at=naive).returning(t.c.id)
         if engine.dialect.name == "postgresql":  # one statement, as litestate sends
@@ -160,8 +159,10 @@ def batches(engine: sa.Engine, label: str) -> None:
             insert = sa.insert(log).from_select(
                 ["task_id", "event", "column", "from_state", "to_state", "at", "data"],
                 rows.select_from(moved)).cte("logged")
-            return len(conn.execute(sa.select(moved.c.id).add_cte(insert)).all())
+            return len(session.connection().execute(
+                sa.select(moved.c.id).add_cte(insert)).all())
         with session.begin_nested():  # SQLite: UPDATE, then the INSERT of its keys
+            conn = session.connection()
             ids = conn.execute(update).scalars().all()
             conn.execute(sa.insert(log), [
                 {"task_id": i, "event": "start", "column": "state", "from_state": "queued",
@@ -273,6 +274,20 @@ def claims(engine: sa.Engine) -> None:
         "litestate.claim, lease=": leased,
         "naive SELECT, then UPDATE": naive,
     }
+    with Session(engine) as session:  # the hand-written claim's subquery, run again
+        session.execute(sa.insert(QueuedJob), [{"state": "queued"}] * 10)
+        session.commit()
+        pick = sa.select(QueuedJob.id).where(QueuedJob.state == "queued").order_by(
+            QueuedJob.id).limit(3).with_for_update(skip_locked=True).scalar_subquery()
+        took = session.scalars(sa.update(QueuedJob).where(QueuedJob.id.in_(pick)).values(
+            state="running").returning(QueuedJob.id)).all()
+        session.rollback()
+        mine = claim(session, QueuedJob.start, order_by=[QueuedJob.id], limit=3)
+        session.rollback()
+        session.execute(sa.delete(QueuedJob))
+        session.commit()
+    print(f"\nOn a table of 10 queued jobs, the hand-written claim with LIMIT 3 moved "
+          f"{len(took)} rows; litestate.claim(limit=3) moved {len(mine)}.")
     print("\n### 7. PostgreSQL: claims per second (limit=1, each claim committed), worker "
           f"threads, {jobs:,} jobs per run\n")
     print("| workers | " + " | ".join(f"{name} /s" for name in cases) +
@@ -294,7 +309,8 @@ def claims(engine: sa.Engine) -> None:
                 rate, counts, greedy = _drain(engine, workers, cases[name], limit)
                 assert sum(counts.values()) >= jobs, (name, sum(counts.values()))
                 if name != "naive SELECT, then UPDATE":
-                    assert set(counts.values()) == {1} and len(counts) == jobs, name
+                    assert set(counts.values()) == {1}, name
+                    assert len(counts) == jobs, name
                 else:
                     doubles.append(sum(1 for c in counts.values() if c > 1))
                 if name.startswith("hand-written"):

@@ -601,7 +601,7 @@ class _Call(NamedTuple):
 class _Moved(NamedTuple):
     keys: list[Any]  # each row's identity: a scalar, or a tuple for a composite key
     froms: list[Any] | None  # each row's state before, if it varies and was read
-    sources: list[tuple[Any, ...]] | None  # each row's values of _Batch.returned
+    sources: list[Any] | None  # each row's values of _Batch.returned (Row objects)
     objects: list[Any]  # loaded (claim), else those the session held, or None, per row
 
 
@@ -734,11 +734,17 @@ def _update_returning(session: Session, conn: sa.Connection, batch: _Batch, call
         keys = [_key(sa.inspect(obj).identity, n) for obj in objects]
         froms = [row[1] for row in loaded] if need_from else None
         return _Moved(keys, froms, None, objects)
-    rows: list[Any] = list(conn.execute(stmt).all())
-    keys = [_key(row, n) for row in rows]
-    froms = [row[-1] for row in rows] if need_from else None
+    result = conn.execute(stmt)
+    sources_needed = batch.log is not None and shared is None  # an executemany INSERT's
+    if n == 1 and not need_from and not sources_needed:
+        keys: list[Any] = list(result.scalars().all())
+        rows: list[Any] | None = None
+    else:
+        rows = list(result.all())
+        keys = _keys(rows, n)
+    froms = [row[-1] for row in rows] if need_from and rows is not None else None
     objects = _load(session, batch, keys) if call.load else []
-    return _Moved(keys, froms, [tuple(row) for row in rows], objects)
+    return _Moved(keys, froms, rows, objects)
 
 
 def _select_then_update(session: Session, conn: sa.Connection, batch: _Batch,
@@ -747,8 +753,8 @@ def _select_then_update(session: Session, conn: sa.Connection, batch: _Batch,
     n = len(batch.keys)
     pick = sa.select(*batch.returned, batch.state).where(*call.conditions).order_by(
         *call.order_by).limit(call.limit).with_for_update(skip_locked=call.skip_locked)
-    rows = conn.execute(pick).all()
-    keys = [_key(row, n) for row in rows]
+    rows: list[Any] = list(conn.execute(pick).all())
+    keys = _keys(rows, n)
     if rows:
         match = batch.keys[0].in_(keys) if n == 1 else sa.tuple_(*batch.keys).in_(keys)
         count = conn.execute(sa.update(batch.table).where(match, *call.conditions).values(
@@ -758,11 +764,15 @@ def _select_then_update(session: Session, conn: sa.Connection, batch: _Batch,
                                  f"the UPDATE matched {count}")
     froms = [row[-1] for row in rows]
     objects = _load(session, batch, keys) if call.load else []
-    return _Moved(keys, froms, [tuple(row) for row in rows], objects)
+    return _Moved(keys, froms, rows, objects)
 
 
 def _key(row: Any, n: int) -> Any:
     return row[0] if n == 1 else tuple(row[:n])
+
+
+def _keys(rows: list[Any], n: int) -> list[Any]:
+    return [row[0] for row in rows] if n == 1 else [tuple(row[:n]) for row in rows]
 
 
 def _load(session: Session, batch: _Batch, keys: list[Any]) -> list[Any]:
@@ -784,20 +794,23 @@ def _insert_log(conn: sa.Connection, batch: _Batch, moved: _Moved,
     """One executemany INSERT of the rows' log rows."""
     log = cast(BatchRows, batch.log)
     from_key = log.target.keys["from_state"]
-    positions = [next(i for i, col in enumerate(batch.returned) if col is source)
-                 for _, source in log.refs]
-    constant = None if batch.single_from is _VARIES else log.from_state(batch.single_from)
-    rows: list[dict[str, Any]] = []
+    refs = [(col.key, next(i for i, c in enumerate(batch.returned) if c is source))
+            for col, source in log.refs]
     sources = moved.sources
     if sources is None:  # loaded objects
         sources = [tuple(getattr(obj, batch.mapper.get_property_by_column(col).key)
                          for col in batch.returned) for obj in moved.objects]
-    for i, source in enumerate(sources):
-        values = dict(shared)
-        for (col, _), position in zip(log.refs, positions, strict=True):
-            values[col.key] = source[position]
-        values[from_key] = constant if moved.froms is None else log.from_state(moved.froms[i])
-        rows.append(values)
+    if moved.froms is None:
+        base = {**shared, from_key: log.from_state(batch.single_from)}
+        if len(refs) == 1:  # the common case, a comprehension: 10,000 rows is a batch
+            [(key, position)] = refs
+            rows = [{**base, key: source[position]} for source in sources]
+        else:
+            rows = [{**base, **{key: source[p] for key, p in refs}} for source in sources]
+    else:
+        convert = log.from_state
+        rows = [{**shared, from_key: convert(current), **{key: source[p] for key, p in refs}}
+                for source, current in zip(sources, moved.froms, strict=True)]
     conn.execute(log.target.insert, rows)
 
 
