@@ -182,7 +182,7 @@ def batches(engine: sa.Engine, label: str) -> None:
             return len(transition_many(session, cls.start))
         return run
 
-    tables = [
+    tables: list[tuple[str, Any, dict[str, Callable[[Session], int]]]] = [
         (f"6. {label}: {rows:,} rows moved at once, + commit", Task, {
             "hand-written UPDATE ... RETURNING id": by_hand,
             "litestate.transition_many": many(Task),

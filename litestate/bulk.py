@@ -548,9 +548,9 @@ def _other_tables(clause: Any, table: sa.Table) -> str:
     """The tables (other than ``table``) a condition reads outside its own subqueries,
     which an UPDATE would join to every row."""
     found: set[str] = set()
-    stack = [clause]
+    stack: list[Any] = [clause]
     while stack:
-        element = stack.pop()
+        element: Any = stack.pop()
         if isinstance(element, sa.ScalarSelect | sa.sql.expression.SelectBase):
             continue  # a subquery has FROMs of its own
         other = getattr(element, "table", None)
@@ -731,9 +731,9 @@ def _update_returning(session: Session, conn: sa.Connection, batch: _Batch, call
         loaded: list[Any] = list(session.execute(sa.select(*entities).from_statement(
             stmt).execution_options(populate_existing=True)).all())
         objects = [row[0] for row in loaded]
-        keys = [_key(sa.inspect(obj).identity, n) for obj in objects]
         froms = [row[1] for row in loaded] if need_from else None
-        return _Moved(keys, froms, None, objects)
+        return _Moved([_key(sa.inspect(obj).identity, n) for obj in objects], froms, None,
+                      objects)
     result = conn.execute(stmt)
     sources_needed = batch.log is not None and shared is None  # an executemany INSERT's
     if n == 1 and not need_from and not sources_needed:
