@@ -556,7 +556,7 @@ def _other_tables(clause: Any, table: sa.Table) -> str:
         other = getattr(element, "table", None)
         if isinstance(element, sa.ColumnClause) and other is not None and other is not table:
             found.add(str(getattr(other, "name", other)))
-        stack.extend(element.get_children())
+        stack.extend(cast(Any, element).get_children())
     return ", ".join(sorted(found))
 
 
