@@ -274,20 +274,6 @@ def claims(engine: sa.Engine) -> None:
         "litestate.claim, lease=": leased,
         "naive SELECT, then UPDATE": naive,
     }
-    with Session(engine) as session:  # the hand-written claim's subquery, run again
-        session.execute(sa.insert(QueuedJob), [{"state": "queued"}] * 10)
-        session.commit()
-        pick = sa.select(QueuedJob.id).where(QueuedJob.state == "queued").order_by(
-            QueuedJob.id).limit(3).with_for_update(skip_locked=True).scalar_subquery()
-        took = session.scalars(sa.update(QueuedJob).where(QueuedJob.id.in_(pick)).values(
-            state="running").returning(QueuedJob.id)).all()
-        session.rollback()
-        mine = claim(session, QueuedJob.start, order_by=[QueuedJob.id], limit=3)
-        session.rollback()
-        session.execute(sa.delete(QueuedJob))
-        session.commit()
-    print(f"\nOn a table of 10 queued jobs, the hand-written claim with LIMIT 3 moved "
-          f"{len(took)} rows; litestate.claim(limit=3) moved {len(mine)}.")
     print("\n### 7. PostgreSQL: claims per second (limit=1, each claim committed), worker "
           f"threads, {jobs:,} jobs per run\n")
     print("| workers | " + " | ".join(f"{name} /s" for name in cases) +
