@@ -39,13 +39,8 @@ class Job(Lease, QueueBase):
     state_changed_at: Mapped[datetime | None]
 
     @hybrid_property
-    def retryable(self) -> bool:
+    def retryable(self) -> bool:  # on the class: the SQL expression attempts < 3
         return self.attempts < 3
-
-    @retryable.inplace.expression
-    @classmethod
-    def _retryable(cls) -> sa.ColumnElement[bool]:
-        return cls.attempts < 3
 
     @transition(frm="queued", to="running", timestamp="started_at")
     def start(self) -> None:
@@ -110,7 +105,8 @@ class Lamp(QueueBase):
 
     __tablename__ = "queue_lamps"
     id: Mapped[int] = mapped_column(primary_key=True)
-    color: Mapped[Color] = mapped_column(default=Color.RED)
+    color: Mapped[Color] = mapped_column(sa.Enum(Color, name="queue_color"),
+                                         default=Color.RED)
 
     @transition(frm=[Color.RED, Color.GREEN], to=Color.BLUE)
     def cool(self) -> None:

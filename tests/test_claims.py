@@ -33,6 +33,14 @@ def db(engine: sa.Engine) -> Iterator[sa.Engine]:
     QueueBase.metadata.drop_all(engine)
 
 
+@pytest.fixture
+def pg_db(pg: sa.Engine) -> Iterator[sa.Engine]:
+    QueueBase.metadata.drop_all(pg)
+    QueueBase.metadata.create_all(pg)
+    yield pg
+    QueueBase.metadata.drop_all(pg)
+
+
 @pytest.fixture(params=[None, "select-then-update"], ids=["default", "select-then-update"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
     monkeypatch.setattr(bulk, "_force_path", request.param)
@@ -98,9 +106,8 @@ def test_claim_takes_the_first_rows_in_order_and_loads_them(db: sa.Engine, path:
         assert claim(session, Job.start) == []
 
 
-def test_claim_sends_one_statement_on_postgresql(pg: sa.Engine) -> None:
-    QueueBase.metadata.drop_all(pg)
-    QueueBase.metadata.create_all(pg)
+def test_claim_sends_one_statement_on_postgresql(pg_db: sa.Engine) -> None:
+    pg = pg_db
     statements: list[str] = []
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -117,9 +124,8 @@ def test_claim_sends_one_statement_on_postgresql(pg: sa.Engine) -> None:
         assert statements == ["WITH"]  # UPDATE ... RETURNING and the log INSERT
 
 
-def test_claim_skips_rows_another_transaction_holds_without_waiting(pg: sa.Engine) -> None:
-    QueueBase.metadata.drop_all(pg)
-    QueueBase.metadata.create_all(pg)
+def test_claim_skips_rows_another_transaction_holds_without_waiting(pg_db: sa.Engine) -> None:
+    pg = pg_db
     engine = worker_engine(pg.url.render_as_string(hide_password=False))
     try:
         with Session(pg) as other, Session(engine) as session:
@@ -399,10 +405,9 @@ def test_threads_and_processes_claim_every_job_exactly_once(db: sa.Engine, tmp_p
                                    for name, (claimed, _) in outcome.items()}
 
 
-def test_a_worker_that_waited_on_a_lock_would_fail(pg: sa.Engine) -> None:
+def test_a_worker_that_waited_on_a_lock_would_fail(pg_db: sa.Engine) -> None:
     """What makes the test above prove that nobody waits: the workers' lock_timeout."""
-    QueueBase.metadata.drop_all(pg)
-    QueueBase.metadata.create_all(pg)
+    pg = pg_db
     engine = worker_engine(pg.url.render_as_string(hide_password=False))
     try:
         with Session(pg) as other, Session(engine) as session:
