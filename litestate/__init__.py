@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from litestate import recovery as recovery  # on_error's error states (a plan extension)
+from litestate.bulk import Lease, claim, reclaim, renew, transition_many
 from litestate.core import (
     HTTP_STATUS,
     Action,
@@ -44,6 +45,7 @@ __all__ = [
     "DeclarationError",
     "GuardError",
     "InvalidStateError",
+    "Lease",
     "Transition",
     "TransitionArgumentError",
     "TransitionError",
@@ -53,12 +55,15 @@ __all__ = [
     "actions",
     "available_transitions",
     "can_transition",
+    "claim",
     "context",
     "diagram",
     "fire",
     "history",
     "is_retryable",
     "log_data",
+    "reclaim",
+    "renew",
     "retrying",
     "set_clock",
     "state_column",
@@ -66,6 +71,7 @@ __all__ = [
     "transition_committed",
     "transition_failed",
     "transition_invalid",
+    "transition_many",
     "transition_state",
     "transition_succeeded",
     "transitions",

@@ -309,7 +309,7 @@ def transition(
     timestamp: bool | str | None = None, guard: Guard | Sequence[Guard] | None = None,
     lock: bool = False, meta: Mapping[str, Any] | None = None,
     log: type | bool | None = None, log_args: Iterable[str] = (),
-    on_error: State | None = None,
+    on_error: State | None = None, leased: bool = False,
 ) -> Callable[[Callable[Concatenate[_M, _P], _R]], Callable[Concatenate[_M, _P], _R]]:
     """Turn a method into a checked transition from ``frm`` (``"*"``: any) to ``to``.
 
@@ -320,12 +320,15 @@ def transition(
     :class:`Transition` and :class:`Action`; ``log`` overrides the state column's log
     model (``False``: no row), ``log_args`` names call arguments copied into the row (see
     :mod:`litestate.history`); ``on_error`` is the state a raising body leaves the row in
-    (see :mod:`litestate.recovery`). The method keeps its parameters and return value.
+    (see :mod:`litestate.recovery`); ``leased=True`` makes the write succeed only for the
+    worker whose :func:`litestate.claim` holds the row's lease, and ends the lease (see
+    :mod:`litestate.bulk`). The method keeps its parameters and return value.
     """
     options = _Spec(None, "", _states(frm), _state(to, "to"), _column_option(column),
                     _timestamp_option(timestamp), _guard_list(guard), _lock_option(lock),
                     _meta_option(meta), _log_option(log), _log_args_option(log_args),
-                    None if on_error is None else _state(on_error, "on_error"))
+                    None if on_error is None else _state(on_error, "on_error"),
+                    _flag_option("leased", leased))
 
     def decorate(fn: Callable[Concatenate[_M, _P], _R]) -> Callable[Concatenate[_M, _P], _R]:
         if isinstance(fn, _Declared):
@@ -594,6 +597,7 @@ class _Spec(NamedTuple):
     log: type | bool | None = None  # None: the column's; False: none
     log_args: tuple[str, ...] = ()
     on_error: Any = None  # the state a raising body leaves the row in
+    leased: bool = False  # only the holder of the row's lease may write (litestate.bulk)
 
     def with_fn(self, fn: Callable[..., Any]) -> _Spec:
         return self._replace(fn=fn, event=getattr(fn, "__name__", ""))
@@ -605,7 +609,7 @@ class _Spec(NamedTuple):
             frm = tuple((state.__class__, state) for state in self.frm)
         return (self.event, frm, self.to.__class__, self.to, self.column, self.timestamp,
                 self.guards, self.lock, self.log, self.log_args, self.on_error.__class__,
-                self.on_error)
+                self.on_error, self.leased)
 
 
 class _Declared:
@@ -615,8 +619,11 @@ class _Declared:
         self.__litestate__ = spec
 
     def __set_name__(self, owner: type, name: str) -> None:
-        # The event is the attribute name; each name gets a method of its own.
-        setattr(owner, name, _method(self.__litestate__._replace(event=name)))
+        # The event is the attribute name; each name gets a method of its own, which
+        # knows its class (litestate.transition_many(session, Model.event) needs it).
+        method = _method(self.__litestate__._replace(event=name))
+        method.__litestate_owner__ = owner  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
+        setattr(owner, name, method)
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("@transition decorates methods defined in a class body (not a "
@@ -731,9 +738,13 @@ def _log_args_option(log_args: object) -> tuple[str, ...]:
 
 
 def _lock_option(lock: object) -> bool:
-    if not isinstance(lock, bool):
-        raise DeclarationError(f"@transition(lock={lock!r}): lock is True or False")
-    return lock
+    return _flag_option("lock", lock)
+
+
+def _flag_option(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise DeclarationError(f"@transition({name}={value!r}): {name} is True or False")
+    return value
 
 
 def _states(frm: object) -> tuple[Any, ...] | None:
@@ -815,6 +826,19 @@ _COMPILING = threading.RLock()
 plan_extensions: list[Callable[[type, _Plan], None]] = []
 
 
+class WriteCondition(NamedTuple):
+    """What an optional module adds to a plan's conditional UPDATE (``plan.stmt``, to
+    which it adds its WHERE clauses and SET values at compile time): the bound values of
+    one call, what the object shows once the row matched, and, for a refusal, whether
+    the condition is to blame: ``explain(obj, unchanged)`` returns a conflict's detail, or
+    ``None`` for the state's own explanation; ``unchanged`` is true when the UPDATE matched
+    no row although the state is the one read (only an added condition refused)."""
+
+    params: Callable[[_Firing, dict[str, Any]], None]
+    written: Callable[[_Firing], None]
+    explain: Callable[[Any, bool], str | None]
+
+
 class _Guard(NamedTuple):
     """A guard compiled for one class and one method."""
 
@@ -831,7 +855,8 @@ class _Plan:
                  "check", "column", "default", "desc", "event", "extras", "fn", "frm",
                  "guards", "key", "lock", "mapped", "naive", "nested", "normalize",
                  "on_error", "on_failure", "on_failure_in_memory", "only_self", "parameters",
-                 "refresh", "spec", "starts_from", "stmt", "timestamp", "to", "version")
+                 "refresh", "spec", "starts_from", "stmt", "timestamp", "to", "version",
+                 "write_conditions")
 
     def __init__(self) -> None:
         self.event = self.column = ""
@@ -869,6 +894,8 @@ class _Plan:
         self.body_wrappers: tuple[Callable[[Callable[..., Any]], Callable[..., Any]], ...] = ()
         self.extras: dict[str, Any] = {}
         self.on_error: Any = None  # the state a raising body leaves the row in
+        #: Conditions and values an extension added to ``stmt`` (a lease's owner).
+        self.write_conditions: tuple[WriteCondition, ...] = ()
 
     def with_body(self, fn: Callable[..., Any]) -> _Plan:
         copy = _Plan.__new__(_Plan)
@@ -1555,13 +1582,25 @@ def _read_for_probe(plan: _Plan, obj: Any) -> Any:
 
 
 def _check_state(plan: _Plan, obj: Any, current: Any, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
-    """The state read, in the column's form, if ``frm`` allows it; else the refusal."""
+                 kwargs: dict[str, Any], in_session: bool = False) -> Any:
+    """The state read, in the column's form, if ``frm`` allows it; else the refusal (for
+    an object in a session, a conflict if a condition of the write explains it)."""
     if current is not None:
         current = plan.normalize(current)
         if plan.frm is None or current in plan.frm:
             return current
+    if in_session:
+        _explain_conflict(plan, obj, current, False, args, kwargs)
     _refuse(plan, obj, current, "invalid", plan.starts_from, args, kwargs)
+
+
+def _explain_conflict(plan: _Plan, obj: Any, current: Any, unchanged: bool,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A conflict, if a condition an extension added to the write is to blame."""
+    for condition in plan.write_conditions:
+        detail = condition.explain(obj, unchanged)
+        if detail is not None:
+            _refuse(plan, obj, current, "conflict", detail, args, kwargs)
 
 
 def _first_refusing_guard(plan: _Plan, obj: Any, args: tuple[Any, ...],
@@ -1648,7 +1687,7 @@ def _fire_steps(plan: _Plan, obj: Any, state: Any, session: Session,
     if current is _MISSING or current is None:
         current = _load_state(plan, obj, args, kwargs)
     if current is None or (plan.frm is not None and current not in plan.frm):
-        current = _check_state(plan, obj, current, args, kwargs)
+        current = _check_state(plan, obj, current, args, kwargs, True)
     if plan.guards and (label := _first_refusing_guard(plan, obj, args, kwargs,
                                                        askable_only=False)):
         _refuse(plan, obj, current, "guard", f"guard {label} returned false", args,
@@ -1805,6 +1844,8 @@ def _write(f: _Firing) -> bool:
             f.old_changed = state.dict.get(changed, _MISSING)
     if plan.version is not None:
         _version_params(f, params)
+    for condition in plan.write_conditions:
+        condition.params(f, params)
     assert f.conn is not None
     try:
         rowcount = f.conn.execute(plan.stmt, params).rowcount
@@ -1825,6 +1866,8 @@ def _write(f: _Firing) -> bool:
             set_committed_value(obj, changed, f.changed)
         if f.version is not None:
             _set_version(f)
+        for condition in plan.write_conditions:
+            condition.written(f)
         _sqla.register_altered(f.session, state)
     return f.won
 
@@ -2001,7 +2044,10 @@ def _lost(f: _Firing) -> NoReturn:
         session.expire(obj, [k for k in plan.refresh if k not in state.committed_state])
         actual = _load_state(plan, obj, f.args, f.kwargs)
     if f.blind:  # the state was never read: this is the first look at it
-        _check_state(plan, obj, actual, f.args, f.kwargs)
+        _check_state(plan, obj, actual, f.args, f.kwargs, True)
+    if plan.write_conditions:
+        unchanged = actual is not None and plan.normalize(actual) == f.current
+        _explain_conflict(plan, obj, f.current, unchanged, f.args, f.kwargs)
     what = "version" if f.version is not None else "state"
     _refuse(plan, obj, f.current, "conflict",
             f"it was {f.current!r} when read but the row's {what} changed before the write "
@@ -2172,13 +2218,21 @@ _Pending = dict[SessionTransaction, list[_Entry]]  # session.info[_PENDING]
 
 
 def _queue_committed(f: _Firing) -> None:
-    session = f.session
+    assert f.conn is not None
+    queue_committed(f.session, f.conn, f.obj.__class__, (f.payload(),))
+
+
+def queue_committed(session: Session, conn: sa.Connection, sender: type,
+                    payloads: Iterable[dict[str, Any]]) -> None:
+    """Queue :data:`transition_committed` for writes just made on ``conn`` in the session's
+    current transaction, one signal per payload: sent once the database commits, dropped
+    if it rolls back (how :mod:`litestate.bulk` sends one per row it moved)."""
     trans = session.get_nested_transaction() or session.get_transaction()
     assert trans is not None
-    assert f.conn is not None
     pending: _Pending = session.info.setdefault(_PENDING, {})
-    pending.setdefault(trans, []).append(
-        (f.obj.__class__, f.payload(), f.conn, _sqla.savepoint_number(f.conn)))
+    savepoint = _sqla.savepoint_number(conn)
+    pending.setdefault(trans, []).extend(
+        (sender, payload, conn, savepoint) for payload in payloads)
 
 
 def _forget_aborted(session: Session) -> None:

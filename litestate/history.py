@@ -170,10 +170,7 @@ _TARGETS: WeakKeyDictionary[type, dict[type, _Target]] = WeakKeyDictionary()
 def _extend(cls: type, plan: core._Plan) -> None:  # pyright: ignore[reportPrivateUsage]
     spec = cast(core._Spec, plan.spec)  # pyright: ignore[reportPrivateUsage]
     who = f"{cls.__name__}.{plan.event}"
-    log = spec.log
-    if log is None:
-        options = core.column_options(cls).get(plan.column)
-        log = options.log if options is not None else None
+    log = _log_model(cls, plan)
     if log is None or log is False:
         if spec.log_args:
             raise core.DeclarationError(f"{who}: log_args={spec.log_args!r} without a log "
@@ -298,12 +295,7 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
         for key, index, attr in refs_by_key:
             values[key] = state_key[index] if index is not None else getattr(f.obj, attr)
         at = f.at if f.at is not None else core._clock()  # pyright: ignore[reportPrivateUsage]
-        if at.tzinfo is None:
-            if at_aware:
-                at = at.replace(tzinfo=UTC)  # litestate's naive clock readings are UTC
-        elif not at_aware:
-            at = at.astimezone(UTC).replace(tzinfo=None)
-        values[at_key] = at
+        values[at_key] = _as_log_time(at, at_aware)
         if not callers:
             values[data_key] = dict(extra) if extra else {}
             return values
@@ -311,22 +303,15 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
         if not given and signature is None and not attached and not extra:
             values[data_key] = {}
             return values
-        data: dict[str, Any] = {}
         if signature is not None:
             bound = signature.bind(f.obj, *f.args, **f.kwargs)
             bound.apply_defaults()
             given = {**given, **{n: bound.arguments[n] for n in log_args}}
         if attached:
             given = {**given, **attached}
-        for key, value in given.items():
-            column_key = fill.get(key)
-            if column_key is None:
-                data[key] = value
-            else:
-                values[column_key] = value
+        _fill(values, given, fill, data_key)
         if extra:
-            data.update(extra)
-        values[data_key] = data
+            values[data_key].update(extra)
         return values
 
     def write_row(f: core._Firing) -> None:  # pyright: ignore[reportPrivateUsage]
@@ -385,6 +370,79 @@ def _attaching(fn: Callable[..., Any]) -> Callable[..., Any]:
             _FINISHED.set(frame)  # for the INSERT step, which runs right after the body
 
     return body
+
+
+def _log_model(cls: type, plan: core._Plan) -> type | bool | None:  # pyright: ignore[reportPrivateUsage]
+    """The transition's log model: its own ``log=``, else its state column's."""
+    log = cast(core._Spec, plan.spec).log  # pyright: ignore[reportPrivateUsage]
+    if log is None:
+        options = core.column_options(cls).get(plan.column)
+        log = options.log if options is not None else None
+    return log
+
+
+class BatchRows(NamedTuple):
+    """How :mod:`litestate.bulk` writes the log rows of many rows moved by one transition:
+    the compiled target of a single transition's row, and the values every row of one
+    batch shares."""
+
+    target: _Target
+    #: (log column, the model's column it copies): the foreign key.
+    refs: tuple[tuple[Any, Any], ...]
+    #: A state read -> the ``from_state`` column's value.
+    from_state: Callable[[Any], Any]
+    #: The values every row of a batch shares, for one clock reading: litestate's own,
+    #: the context's and ``log_args``' (the method's defaults: a batch has no call).
+    shared: Callable[[datetime], dict[str, Any]]
+
+
+def batch_rows(cls: type, plan: core._Plan) -> BatchRows | None:  # pyright: ignore[reportPrivateUsage]
+    """The log rows of ``plan``'s transition, for a batch; ``None`` if it writes none."""
+    log = _log_model(cls, plan)
+    target = _TARGETS.get(cls, {}).get(log) if isinstance(log, type) else None
+    if target is None:
+        return None
+    mapper = cast(Mapper[Any], plan.bind["mapper"])
+    refs = tuple((col, mapper.column_attrs[attr].columns[0]) for col, _, attr in target.refs)
+    keys, fill = target.keys, target.fill
+    fixed = {keys["event"]: plan.event, keys["column"]: plan.column,
+             keys["to_state"]: target.plain["to_state"](plan.to)}
+    spec = cast(core._Spec, plan.spec)  # pyright: ignore[reportPrivateUsage]
+    defaults: dict[str, Any] = {}
+    if spec.log_args:
+        assert spec.fn is not None
+        parameters = inspect.signature(spec.fn).parameters
+        defaults = {name: parameters[name].default for name in spec.log_args}
+
+    def shared(at: datetime) -> dict[str, Any]:
+        values = dict(fixed)
+        values[keys["at"]] = _as_log_time(at, target.at_aware)
+        _fill(values, {**_CONTEXT.get(), **defaults}, fill, keys["data"])
+        return values
+
+    return BatchRows(target, refs, target.plain["from_state"], shared)
+
+
+def _fill(values: dict[str, Any], given: Mapping[str, Any], fill: Mapping[str, str],
+          data_key: str) -> None:
+    """The caller's values: a key naming a column fills it, the others go into ``data``."""
+    data: dict[str, Any] = {}
+    for key, value in given.items():
+        column_key = fill.get(key)
+        if column_key is None:
+            data[key] = value
+        else:
+            values[column_key] = value
+    values[data_key] = data
+
+
+def _as_log_time(at: datetime, aware: bool) -> datetime:
+    """A clock reading as the ``at`` column takes it (litestate's naive readings are UTC)."""
+    if aware and at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    if not aware and at.tzinfo is not None:
+        return at.astimezone(UTC).replace(tzinfo=None)
+    return at
 
 
 core.plan_extensions.append(_extend)
