@@ -311,7 +311,8 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
             given = {**given, **attached}
         _fill(values, given, fill, data_key)
         if extra:
-            values[data_key].update(extra)
+            data: dict[str, Any] = values[data_key]
+            data.update(extra)
         return values
 
     def write_row(f: core._Firing) -> None:  # pyright: ignore[reportPrivateUsage]
