@@ -311,7 +311,7 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
             given = {**given, **attached}
         _fill(values, given, fill, data_key)
         if extra:
-            data: dict[str, Any] = values[data_key]
+            data = cast("dict[str, Any]", values[data_key])
             data.update(extra)
         return values
 
