@@ -879,16 +879,28 @@ def _extend(cls: type, plan: core._Plan) -> None:  # pyright: ignore[reportPriva
         raise core.DeclarationError(f"{who}: leased=True needs the lease columns of a mapped "
                                     f"class: class {cls.__name__}(litestate.Lease, Base)")
     mapper = cast(Mapper[Any], plan.bind["mapper"])
-    owner, expires = cast(tuple[Any, Any], _lease_columns(cls, mapper, plan.stmt.table))
-    plan.stmt = plan.stmt.where(
-        owner == sa.bindparam("ls_lease_owner", type_=owner.type),
-        expires > _db_now()).values({owner: None, expires: None})
+    held, ended = lease_held(cls, mapper, plan.stmt.table)
+    plan.stmt = plan.stmt.where(*held).values(ended)
     plan.write_conditions += (core.WriteCondition(_lease_params, _lease_ended, _lease_lost),)
     plan.on_failure += (_lease_undone,)
 
 
-def _lease_params(f: core._Firing, params: dict[str, Any]) -> None:  # pyright: ignore[reportPrivateUsage]
+def lease_held(cls: type, mapper: Mapper[Any], table: sa.Table
+               ) -> tuple[tuple[Any, ...], dict[Any, Any]]:
+    """A leased write's WHERE clauses (this claim's token, an unexpired lease by the
+    database's clock) and the SET values that end the lease; its bound value is set by
+    :func:`lease_params`. Also what an error state (:mod:`litestate.recovery`) writes with."""
+    owner, expires = cast(tuple[Any, Any], _lease_columns(cls, mapper, table))
+    held = (owner == sa.bindparam("ls_lease_owner", type_=owner.type), expires > _db_now())
+    return held, {owner: None, expires: None}
+
+
+def lease_params(f: core._Firing, params: dict[str, Any]) -> None:  # pyright: ignore[reportPrivateUsage]
+    """The bound value of :func:`lease_held`'s clauses: the token of the object's claim."""
     params["ls_lease_owner"] = f.state.info.get(_TOKEN)  # None: no claim, no match
+
+
+_lease_params = lease_params
 
 
 def _lease_ended(f: core._Firing) -> None:  # pyright: ignore[reportPrivateUsage]

@@ -100,7 +100,7 @@ def _extend(cls: type, plan: core._Plan) -> None:  # pyright: ignore[reportPriva
         plan.on_failure_in_memory += (_in_memory_step(plan, columns),)
         return
     mapper = cast(Mapper[Any], plan.bind["mapper"])
-    write, columns = _compile_update(who, plan, mapper, options)
+    write, columns = _compile_update(who, cls, plan, mapper, options)
     plan.on_failure += (_session_step(who, plan, write, columns),)
 
 
@@ -110,7 +110,7 @@ def _names(options: Any) -> tuple[str | None, str | None, str | None]:
     return options.attempts, options.last_error, options.last_error_at
 
 
-def _compile_update(who: str, plan: core._Plan, mapper: Mapper[Any],  # pyright: ignore[reportPrivateUsage]
+def _compile_update(who: str, cls: type, plan: core._Plan, mapper: Mapper[Any],  # pyright: ignore[reportPrivateUsage]
                     options: Any) -> tuple[_Write, _ErrorColumns]:
     """The error state's conditional UPDATE: the transition's, writing the error state
     and the error columns instead."""
@@ -143,6 +143,12 @@ def _compile_update(who: str, plan: core._Plan, mapper: Mapper[Any],  # pyright:
         generate = plan.version.generate
         if generate is not None:
             values[version] = sa.bindparam("ls_ver_new", type_=version.type)
+    if cast(core._Spec, plan.spec).leased:  # pyright: ignore[reportPrivateUsage]
+        from litestate import bulk  # only the claim that holds the lease writes, and ends it
+
+        held, ended = bulk.lease_held(cls, mapper, table)
+        where.extend(held)
+        values.update(ended)
     columns = _ErrorColumns(attempts, last_error, last_error_at, limit, naive)
     key = tuple((f"ls_pk{i}", c) for i, c in enumerate(key_cols))
     write = _Write(sa.update(table).where(*where).values(values), key, state_col, version,
@@ -258,6 +264,10 @@ def _record(who: str, f: core._Firing, write: _Write, columns: _ErrorColumns,  #
         params["ls_error"] = _last_error(error, columns.error_limit)
     if columns.last_error_at is not None:
         params["ls_error_at"] = core._as_column(now, columns.naive)  # pyright: ignore[reportPrivateUsage]
+    if cast(core._Spec, plan.spec).leased:  # pyright: ignore[reportPrivateUsage]
+        from litestate import bulk
+
+        bulk.lease_params(f, params)
     if f.version is not None:
         read = f.version[0]
         params["ls_ver"] = read

@@ -8,7 +8,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -660,3 +660,60 @@ def test_diagrams_draw_the_error_edges() -> None:
     assert "    s0 --> s2: finish (error)\n" in chart
     assert '    s0 -> s2 [label="finish (error)", style=dashed];\n' in litestate.diagram(
         Task, format="dot")
+
+
+# -- a leased transition's error state ----------------------------------------------------
+
+
+@state_column("status", attempts="attempts", last_error="last_error")
+class LeasedJob(litestate.Lease, RecoveryBase):
+    __tablename__ = "rec_leased_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.String(200))
+
+    @transition(frm="queued", to="running")
+    def start(self) -> None:
+        pass
+
+    @transition(frm="running", to="done", leased=True, on_error="failed")
+    def finish(self) -> None:
+        raise FetchFailed("the work failed")
+
+
+def test_a_leased_transition_fails_into_its_error_state_and_ends_the_lease(
+        db: sa.Engine) -> None:
+    with Session(db) as session, session.begin():
+        session.add(LeasedJob(id=1))
+    with Session(db) as session:
+        [job] = litestate.claim(session, LeasedJob.start, lease=timedelta(minutes=5))
+        session.commit()
+        with pytest.raises(FetchFailed), session.begin():
+            assert job.lease_owner is not None
+            job.finish()
+    with Session(db) as session:
+        job = load(session, LeasedJob, 1)
+        assert (job.status, job.attempts, job.lease_owner, job.lease_expires_at) == (
+            "failed", 1, None, None)
+
+
+def test_an_error_state_needs_the_claims_lease_too(db: sa.Engine, new_session: Any) -> None:
+    """A claim whose lease another worker took over cannot write the error state: the
+    body never runs (the leased write refuses first), and nothing is recorded."""
+    with Session(db) as session, session.begin():
+        session.add(LeasedJob(id=1))
+    with Session(db, expire_on_commit=False) as session:
+        [job] = litestate.claim(session, LeasedJob.start, lease=timedelta(minutes=5))
+        session.commit()
+        with new_session() as other, other.begin():  # another claim takes the row over
+            other.execute(sa.update(LeasedJob).values(lease_owner="someone else"))
+        with pytest.raises(ConflictError, match="lease"), session.begin():
+            job.finish()
+    assert row_of_leased(db) == ("running", 0, "someone else")
+
+
+def row_of_leased(engine: sa.Engine) -> tuple[Any, ...]:
+    with Session(engine) as session:
+        job = load(session, LeasedJob, 1)
+        return job.status, job.attempts, job.lease_owner
