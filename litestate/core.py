@@ -1803,7 +1803,7 @@ def _atomic_section(f: _Firing) -> Any:
 def _open_savepoint(f: _Firing) -> None:
     session = f.session
     bind = session.get_bind(**f.plan.bind)  # resolved once: connection() would twice
-    if bind.dialect.name == "sqlite":
+    if bind.dialect.name == "sqlite" and getattr(bind, "engine", bind) not in savepoints_enabled:
         _begin_pysqlite(session.connection(bind_arguments={"bind": bind}))
     f.savepoint = session.begin_nested()  # flushes: an unsaved key edit is written now
     session.info.setdefault(_OPEN, []).append(f.savepoint)
@@ -1897,7 +1897,7 @@ def _run_body(f: _Firing) -> None:
         _check_still_open(f)
     for step in plan.after_write:
         step(f)
-    if f.savepoint is not None:
+    if f.savepoint is not None and plan.fn is not None:  # what the body changed, in the section
         f.session.flush()
     if transition_succeeded.receivers:
         _send(transition_succeeded, f.obj.__class__, **f.payload(), duration=_elapsed())
