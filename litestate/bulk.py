@@ -51,8 +51,11 @@ take the path of those without ``UPDATE ... RETURNING`` (MariaDB): ``SELECT ... 
 
 **Leases.** ``claim(..., lease=timedelta)`` writes a random owner token (per claim) and an
 expiry computed by the database's clock (``statement_timestamp()`` on PostgreSQL, not the
-transaction's start; ``'now'`` on SQLite; ``NOW(6)`` on MariaDB), into the
-:class:`Lease` columns. The token is kept with the claimed object (on its
+transaction's start; ``'now'`` on SQLite; ``UTC_TIMESTAMP(6)`` on MariaDB and MySQL,
+which, unlike ``NOW()``, no session's ``time_zone`` shifts), into the :class:`Lease`
+columns (on MariaDB and MySQL a ``DATETIME(6)``: a plain ``DATETIME`` keeps whole seconds,
+and would cut up to a second off each lease). SQLite and MariaDB keep it as a UTC time
+without a zone; PostgreSQL as a ``timestamptz``. The token is kept with the claimed object (on its
 ``InstanceState``), so a reload of the row, which may show another worker's token, never
 makes a lost claim look like one's own. A ``@transition(..., leased=True)`` writes only
 while the row's owner is that token and the lease has not expired, and ends the lease
@@ -69,6 +72,7 @@ from typing import Any, Concatenate, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, Mapper, Session, mapped_column
@@ -91,8 +95,10 @@ class Lease:
 
     #: The token of the claim that holds the row (32 hex digits), or ``None``.
     lease_owner: Mapped[str | None] = mapped_column(sa.String(32))
-    #: When the lease ends, by the database's clock; ``None``: not leased.
-    lease_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    #: When the lease ends, by the database's clock; ``None``: not leased. To the
+    #: microsecond on every backend (MariaDB's and MySQL's ``DATETIME`` keeps seconds).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        sa.DateTime(timezone=True).with_variant(DATETIME(fsp=6), "mysql", "mariadb"))
 
 
 def transition_many(session: Session, event: Callable[..., object], *, where: Any = None,
@@ -249,14 +255,14 @@ def _later_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
 @compiles(_db_now, "mysql")
 @compiles(_db_now, "mariadb")
 def _now_mysql(element: Any, compiler: Any, **kw: Any) -> str:
-    return "NOW(6)"
+    return "UTC_TIMESTAMP(6)"  # NOW() is in the session's time_zone, which workers may set
 
 
 @compiles(_db_later, "mysql")
 @compiles(_db_later, "mariadb")
 def _later_mysql(element: Any, compiler: Any, **kw: Any) -> str:
-    return f"(NOW(6) + INTERVAL ROUND({compiler.process(element.clauses, **kw)} * 1000000) " \
-           "MICROSECOND)"
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(UTC_TIMESTAMP(6) + INTERVAL ROUND({seconds} * 1000000) MICROSECOND)"
 
 
 @compiles(_db_now)

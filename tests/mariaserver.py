@@ -10,6 +10,9 @@ The server is Debian's ``mariadb-server`` (``mariadb-install-db`` and ``mariadbd
 started with ``--no-defaults`` as an unprivileged account (mariadbd refuses root), bound
 to 127.0.0.1 on a free port, with InnoDB (the default engine) and utf8mb4 under a
 case-insensitive collation, as most MariaDB and MySQL servers are set up.
+
+:class:`MariaServer` is the server itself, for a test that must stop or restart one (the
+fault tests): a second, private server, so the shared one stays up.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -79,6 +83,94 @@ _OPTIONS = (
 )
 
 
+class MariaServer:
+    """One server in a new temporary directory, on a free port kept across restarts (for
+    a test that must stop or restart one: a second, private server)."""
+
+    def __init__(self, *options: str) -> None:
+        """``options``: mariadbd options after the defaults (which trade durability for
+        speed: ``--innodb-flush-log-at-trx-commit=1`` keeps every commit across a kill)."""
+        self._options = (*_OPTIONS, *options)
+        self._install_db = _bin("mariadb-install-db", "mysql_install_db")
+        self._mariadbd = _bin("mariadbd", "mysqld")
+        self._account = _account()
+        self._tmp = tempfile.mkdtemp(prefix="litestate-maria-")
+        if self._account is not None:
+            os.chown(self._tmp, self._account.pw_uid, self._account.pw_gid)
+        self._data = os.path.join(self._tmp, "data")
+        self._log = os.path.join(self._tmp, "server.log")
+        self._server: subprocess.Popen[bytes] | None = None
+        self.port = _free_port()
+        #: The SQLAlchemy URL (PyMySQL) of the tests' database, as the tests' account.
+        self.url = (f"mysql+pymysql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{DATABASE}"
+                    "?charset=utf8mb4")
+
+    def _as_account(self) -> dict[str, Any]:
+        account = self._account
+        if account is None:
+            return {}
+        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+    def init(self) -> None:
+        """The system tables, the tests' database and account."""
+        setup = os.path.join(self._tmp, "setup.sql")
+        with open(setup, "w") as f:
+            f.write(_SETUP)
+        done = subprocess.run(
+            [self._install_db, "--no-defaults", f"--datadir={self._data}", "--skip-test-db",
+             "--auth-root-authentication-method=normal", f"--extra-file={setup}",
+             "--skip-name-resolve", "--innodb-log-file-size=16M"],
+            cwd=self._tmp, capture_output=True, text=True, check=False, **self._as_account())
+        if done.returncode:
+            raise ServerUnavailable(
+                f"mariadb-install-db failed: {(done.stderr or done.stdout).strip()[-2000:]}")
+
+    def start(self) -> None:
+        """Start it and wait until the tests' account can connect."""
+        with open(self._log, "ab") as out:  # its log is its stderr: the file opened here
+            self._server = subprocess.Popen(
+                [self._mariadbd, "--no-defaults", f"--datadir={self._data}",
+                 f"--socket={os.path.join(self._tmp, 'mysqld.sock')}", f"--port={self.port}",
+                 f"--pid-file={os.path.join(self._tmp, 'mysqld.pid')}", *self._options],
+                cwd=self._tmp, stdout=out, stderr=subprocess.STDOUT, **self._as_account())
+        _wait_ready(self._server, self.url, self._log)
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: a clean shutdown (SIGTERM: sessions are killed, committed work is
+        kept); ``immediate``: killed at once, as in a crash (SIGKILL), InnoDB recovers at
+        start."""
+        server, self._server = self._server, None
+        if server is None or server.poll() is not None:
+            return
+        if mode == "fast":
+            server.terminate()
+        else:
+            server.kill()
+        server.wait(timeout=60)
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop and start again on the same port: every open connection is broken."""
+        self.stop(mode)
+        self.start()
+
+    def remove(self) -> None:
+        """Stop it if running (throwaway data: no clean shutdown) and delete its directory."""
+        self.stop("immediate")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_server(*options: str) -> Iterator[MariaServer]:
+    """A fresh server of this process's own (never ``$LITESTATE_MARIADB_URL``'s)."""
+    server = MariaServer(*options)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 @contextlib.contextmanager
 def mariadb_server() -> Iterator[str]:
     """Yield the URL of a fresh server (or of ``$LITESTATE_MARIADB_URL``); stop it after."""
@@ -86,48 +178,8 @@ def mariadb_server() -> Iterator[str]:
     if url:
         yield url
         return
-    install_db, mariadbd = _bin("mariadb-install-db", "mysql_install_db"), \
-        _bin("mariadbd", "mysqld")
-    account = _account()
-    tmp = tempfile.mkdtemp(prefix="litestate-maria-")
-    if account is not None:
-        os.chown(tmp, account.pw_uid, account.pw_gid)
-    data, log = os.path.join(tmp, "data"), os.path.join(tmp, "server.log")
-    sock, port = os.path.join(tmp, "mysqld.sock"), _free_port()
-    uid, gid = (None, None) if account is None else (account.pw_uid, account.pw_gid)
-    extra_groups: list[int] | None = None if account is None else []
-    server: subprocess.Popen[bytes] | None = None
-    try:
-        setup = os.path.join(tmp, "setup.sql")
-        with open(setup, "w") as f:
-            f.write(_SETUP)
-        done = subprocess.run(
-            [install_db, "--no-defaults", f"--datadir={data}", "--skip-test-db",
-             "--auth-root-authentication-method=normal", f"--extra-file={setup}",
-             "--skip-name-resolve", "--innodb-log-file-size=16M"],
-            cwd=tmp, capture_output=True, text=True, check=False, user=uid, group=gid,
-            extra_groups=extra_groups)
-        if done.returncode:
-            raise ServerUnavailable(
-                f"mariadb-install-db failed: {(done.stderr or done.stdout).strip()[-2000:]}")
-        with open(log, "wb") as out:
-            server = subprocess.Popen(
-                [mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={sock}",
-                 f"--port={port}", f"--pid-file={os.path.join(tmp, 'mysqld.pid')}",
-                 *_OPTIONS],  # its log is its stderr: the file opened here
-                cwd=tmp, stdout=out, stderr=subprocess.STDOUT, user=uid, group=gid,
-                extra_groups=extra_groups)
-        url = f"mysql+pymysql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}?charset=utf8mb4"
-        _wait_ready(server, url, log)
-    except BaseException:
-        _stop(server)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        yield url
-    finally:
-        _stop(server)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with running_server() as server:
+        yield server.url
 
 
 def _wait_ready(server: subprocess.Popen[bytes], url: str, log: str) -> None:
@@ -158,10 +210,3 @@ def _tail(log: str) -> str:
             return f.read()[-2000:]
     except OSError:
         return ""
-
-
-def _stop(server: subprocess.Popen[bytes] | None) -> None:
-    if server is None or server.poll() is not None:
-        return
-    server.kill()  # throwaway data: no clean shutdown needed
-    server.wait(timeout=30)

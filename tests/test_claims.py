@@ -1,5 +1,6 @@
-"""litestate.claim, leases, renew and reclaim: queue workers on SQLite and PostgreSQL,
-threads and processes, stalled workers, and the path of databases without RETURNING."""
+"""litestate.claim, leases, renew and reclaim: queue workers on SQLite, PostgreSQL and
+MariaDB, threads and processes, stalled workers, and the path of databases without
+RETURNING (MariaDB's own, forced on the others)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import litestate
 from litestate import ConflictError, DeclarationError, bulk, claim, reclaim, renew
-from tests.claim_worker import LOCK_TIMEOUT_MS, claim_until_empty, process_main, worker_engine
+from tests.claim_worker import (
+    INNODB_LOCK_WAIT_S,
+    LOCK_TIMEOUT_MS,
+    claim_until_empty,
+    process_main,
+    row_lock_waits,
+    worker_engine,
+)
 from tests.conftest import SignalLog, StatementLog, load
 from tests.queue_models import Job, JobLog, QueueBase, Seat
 
@@ -39,6 +47,14 @@ def pg_db(pg: sa.Engine) -> Iterator[sa.Engine]:
     QueueBase.metadata.create_all(pg)
     yield pg
     QueueBase.metadata.drop_all(pg)
+
+
+@pytest.fixture
+def maria_db(maria: sa.Engine) -> Iterator[sa.Engine]:
+    QueueBase.metadata.drop_all(maria)
+    QueueBase.metadata.create_all(maria)
+    yield maria
+    QueueBase.metadata.drop_all(maria)
 
 
 @pytest.fixture(params=[None, "select-then-update"], ids=["default", "select-then-update"])
@@ -124,11 +140,47 @@ def test_claim_sends_one_statement_on_postgresql(pg_db: sa.Engine) -> None:
         assert statements == ["WITH"]  # UPDATE ... RETURNING and the log INSERT
 
 
-def test_claim_skips_rows_another_transaction_holds_without_waiting(pg_db: sa.Engine) -> None:
-    pg = pg_db
-    engine = worker_engine(pg.url.render_as_string(hide_password=False))
+def test_claim_on_mariadb_locks_skipping_locked_rows_then_updates_by_keys_then_loads(
+        maria_db: sa.Engine) -> None:
+    """No UPDATE ... RETURNING: the rows chosen are locked (SKIP LOCKED), updated by their
+    keys, loaded; the log rows follow; a SAVEPOINT makes the five one step."""
+    statements: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    with Session(maria_db) as session:
+        seed(session, 3)
+        session.connection()
+        sa.event.listen(maria_db, "before_cursor_execute", before)
+        try:
+            [job] = claim(session, Job.start, order_by=[Job.id], lease=timedelta(minutes=1))
+        finally:
+            sa.event.remove(maria_db, "before_cursor_execute", before)
+    assert [s.split()[0] for s in statements] == [
+        "SAVEPOINT", "SELECT", "UPDATE", "SELECT", "INSERT", "RELEASE"]
+    assert statements[1].endswith("ORDER BY queue_jobs.id LIMIT %(param_1)s "
+                                  "FOR UPDATE SKIP LOCKED")
+    assert "WHERE queue_jobs.id IN (__[POSTCOMPILE_id_1])" in statements[2] or \
+        "WHERE queue_jobs.id IN (%(id_1_1)s)" in statements[2]
+    assert "UTC_TIMESTAMP(6)" in statements[2]
+    assert job.id == 1
+
+
+@pytest.fixture
+def server_db(server: sa.Engine) -> Iterator[sa.Engine]:
+    QueueBase.metadata.drop_all(server)
+    QueueBase.metadata.create_all(server)
+    yield server
+    QueueBase.metadata.drop_all(server)
+
+
+def test_claim_skips_rows_another_transaction_holds_without_waiting(
+        server_db: sa.Engine) -> None:
+    engine = worker_engine(server_db.url.render_as_string(hide_password=False))
+    waits = row_lock_waits(server_db) if engine.dialect.name == "mysql" else 0
     try:
-        with Session(pg) as other, Session(engine) as session:
+        with Session(server_db) as other, Session(engine) as session:
             seed(other, 3)
             other.execute(sa.select(Job).where(Job.id == 1).with_for_update())  # holds row 1
             jobs = claim(session, Job.start, order_by=[Job.id], limit=2)
@@ -137,6 +189,8 @@ def test_claim_skips_rows_another_transaction_holds_without_waiting(pg_db: sa.En
             assert claim(session, Job.start) == []
             other.commit()
             assert [job.id for job in claim(session, Job.start)] == [1]
+        if engine.dialect.name == "mysql":
+            assert row_lock_waits(server_db) == waits  # not even for a microsecond
     finally:
         engine.dispose()
 
@@ -163,6 +217,50 @@ def test_a_lease_records_a_fresh_owner_token_and_an_expiry_by_the_databases_cloc
         assert expires is not None
         ahead = expires.replace(tzinfo=None) - now.replace(tzinfo=None)
         assert timedelta(minutes=4) < ahead <= timedelta(minutes=5)
+
+
+def test_a_lease_is_kept_to_the_microsecond(db: sa.Engine, path: str | None) -> None:
+    """The expiry is the claim's clock reading plus the lease, not cut to the second (a
+    DATETIME of MariaDB's would be): read the clock before and after the claim."""
+    with Session(db) as session:
+        seed(session, 1)
+        session.commit()
+        before = session.scalar(sa.select(bulk.db_now()))
+        session.rollback()  # PostgreSQL: another statement's clock, in any case
+        [job] = claim(session, Job.start, lease=timedelta(seconds=30))
+        session.commit()
+        after = session.scalar(sa.select(bulk.db_now()))
+        assert before is not None
+        assert after is not None
+        stored = session.scalar(sa.select(Job.lease_expires_at))
+        assert stored is not None
+        lease = timedelta(seconds=30)
+        assert before.replace(tzinfo=None) + lease <= stored.replace(tzinfo=None) <= \
+            after.replace(tzinfo=None) + lease
+        assert stored == job.lease_expires_at
+
+
+def test_mariadb_judges_leases_by_one_clock_whatever_a_sessions_time_zone(
+        maria_db: sa.Engine) -> None:
+    """A worker whose connection sets another time_zone (NOW() would move with it) writes
+    leases the others judge by the same clock: UTC_TIMESTAMP()."""
+    url = maria_db.url.render_as_string(hide_password=False)
+    zoned = sa.create_engine(url, poolclass=sa.pool.NullPool,
+                             connect_args={"init_command": "SET time_zone = '-05:00'"})
+    try:
+        with Session(zoned) as west, Session(maria_db) as rescuer:
+            seed(west, 1)
+            assert west.scalar(sa.text("SELECT @@time_zone")) == "-05:00"
+            [job] = claim(west, Job.start, lease=timedelta(minutes=5))
+            west.commit()
+            assert reclaim(rescuer, Job.requeue) == []  # five minutes to go, for everyone
+            rescuer.rollback()
+            assert renew(job, timedelta(minutes=5)) is True
+            job.finish()
+            west.commit()
+            assert states(rescuer) == {1: "done"}
+    finally:
+        zoned.dispose()
 
 
 def test_renew_extends_only_the_holders_lease(db: sa.Engine, path: str | None) -> None:
@@ -355,8 +453,10 @@ def test_threads_and_processes_claim_every_job_exactly_once(db: sa.Engine, tmp_p
                                                             ) -> None:
     """8 threads (one engine) and 4 spawned processes (an engine each) claim from 2,000
     jobs until none is left. On PostgreSQL every connection has a lock_timeout of 20 ms,
-    so a worker that waited on another's lock would fail."""
+    so a worker that waited on another's lock would fail; on MariaDB, whose lock wait
+    timeout counts seconds, InnoDB's count of row lock waits must not move."""
     url = db.url.render_as_string(hide_password=False)
+    waits = row_lock_waits(db) if db.dialect.name == "mysql" else 0
     with Session(db) as session:
         session.add_all(Job() for _ in range(JOBS))
         session.commit()
@@ -403,17 +503,27 @@ def test_threads_and_processes_claim_every_job_exactly_once(db: sa.Engine, tmp_p
             JobLog.event == "start")))
         assert dict(by_worker) == {name: len(claimed)
                                    for name, (claimed, _) in outcome.items()}
+    if db.dialect.name == "mysql":
+        assert row_lock_waits(db) == waits, "a worker waited on another's lock"
 
 
-def test_a_worker_that_waited_on_a_lock_would_fail(pg_db: sa.Engine) -> None:
-    """What makes the test above prove that nobody waits: the workers' lock_timeout."""
-    pg = pg_db
-    engine = worker_engine(pg.url.render_as_string(hide_password=False))
+def test_a_worker_that_waited_on_a_lock_would_fail(server_db: sa.Engine) -> None:
+    """What makes the test above prove that nobody waits: the workers' lock timeout, and
+    on MariaDB InnoDB's count of row lock waits, which the wait moves."""
+    engine = worker_engine(server_db.url.render_as_string(hide_password=False))
+    maria = engine.dialect.name == "mysql"
+    waits = row_lock_waits(server_db) if maria else 0
     try:
-        with Session(pg) as other, Session(engine) as session:
+        with Session(server_db) as other, Session(engine) as session:
             seed(other, 1)
             other.execute(sa.select(Job).where(Job.id == 1).with_for_update())
-            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+            with pytest.raises(sa.exc.OperationalError,
+                               match="Lock wait timeout" if maria else "lock timeout"):
                 session.execute(sa.update(Job).values(priority=5))
+            if maria:
+                assert session.scalar(sa.text("SELECT @@innodb_lock_wait_timeout")) == \
+                    INNODB_LOCK_WAIT_S
+        if maria:
+            assert row_lock_waits(server_db) > waits
     finally:
         engine.dispose()

@@ -7,6 +7,12 @@ Each server's own SQL lives in its :class:`Faults` class (find and kill a connec
 that one waits for a lock, set a lock timeout, read an error's code): another backend is
 one more subclass and one more parameter of the ``faults`` and ``restartable`` fixtures.
 No sleeps: where a worker must wait on another's lock, the server is asked that it does.
+
+On MariaDB (InnoDB) a fault looks otherwise where the engine differs: a deadlock rolls the
+victim's whole transaction back (SAVEPOINTs too), InnoDB picks the victim itself, the lock
+wait timeout counts whole seconds (0: give up at once; the statement alone is rolled
+back), and SERIALIZABLE makes plain reads take shared locks, so a race blocks and ends in
+a deadlock or a guard's refusal, never in a serialization failure (40001).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import pytest
 import sqlalchemy as sa
@@ -27,6 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, obje
 import litestate
 from litestate import (
     ConflictError,
+    GuardError,
     InvalidStateError,
     is_retryable,
     retrying,
@@ -35,8 +42,8 @@ from litestate import (
     transition_state,
 )
 from litestate.sqlite import Begin, enable_savepoints
-from tests.conftest import ALL_SIGNALS, SignalLog, load, recording
-from tests.pgserver import URL_ENV, PostgresServer, ServerUnavailable, running_server
+from tests import mariaserver, pgserver
+from tests.conftest import ALL_SIGNALS, SignalLog, load, recording, waiting_on_a_lock
 
 
 class FaultBase(DeclarativeBase):
@@ -84,6 +91,12 @@ class Slot(FaultBase):
 # -- the servers ---------------------------------------------------------------------------
 
 
+class Server(Protocol):
+    def restart(self, mode: str = ...) -> None:
+        """Stop (``fast``: cleanly; ``immediate``: as in a crash) and start on the same
+        port."""
+
+
 class Faults:
     """A server the fault tests run on: its engine and, in its dialect, what a test asks
     of it. One subclass per backend."""
@@ -93,8 +106,10 @@ class Faults:
     #: Whether the transaction goes on after a deadlock inside a SAVEPOINT (rolled back to).
     savepoint_survives_deadlock = True
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, server: Server | None = None) -> None:
         self.engine = engine
+        #: The server, for a test that restarts it (a private one).
+        self.server = server
 
     def add(self, count: int = 1) -> list[int]:
         """New free slots, committed; their ids."""
@@ -139,11 +154,6 @@ class PostgresFaults(Faults):
     codes: ClassVar[dict[str, object]] = {
         "deadlock": "40P01", "serialization": "40001", "lock_timeout": "55P03"}
 
-    def __init__(self, engine: sa.Engine, server: PostgresServer | None = None) -> None:
-        super().__init__(engine)
-        #: The server, for a test that restarts it (a private one).
-        self.server = server
-
     def pid(self, session: Session) -> int:
         return int(session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
 
@@ -170,6 +180,51 @@ class PostgresFaults(Faults):
         return getattr(getattr(error, "orig", None), "sqlstate", None)
 
 
+class MariaFaults(Faults):
+    """InnoDB: it detects a deadlock at once and picks the victim itself (the smaller
+    transaction), whose whole transaction it rolls back; its lock wait timeout counts
+    whole seconds."""
+
+    codes: ClassVar[dict[str, object]] = {"deadlock": 1213, "lock_timeout": 1205}
+    savepoint_survives_deadlock = False
+
+    def pid(self, session: Session) -> int:
+        return int(session.execute(sa.text("SELECT CONNECTION_ID()")).scalar_one())
+
+    def kill(self, pid: int) -> None:
+        deadline = time.monotonic() + 30
+        with self.engine.connect() as conn:
+            conn.execute(sa.text(f"KILL {int(pid)}"))
+            while conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.processlist "
+                                       "WHERE id = :pid"), {"pid": pid}).scalar_one():
+                assert time.monotonic() < deadline, f"connection {pid} never ended"
+
+    def wait_for_lock(self, pid: int) -> None:
+        waiting_on_a_lock(self.engine, pid)
+
+    def lock_timeout(self, session: Session | sa.Connection, ms: int) -> None:
+        """Whole seconds, rounded down: 0 gives up at once, with the same error (1205).
+        For this connection's session: :func:`maria_engine` resets it at checkout."""
+        session.execute(sa.text(f"SET SESSION innodb_lock_wait_timeout = {ms // 1000}"))
+
+    def code(self, error: BaseException) -> object:
+        orig = getattr(error, "orig", None)
+        return orig.args[0] if orig is not None and orig.args else None
+
+
+def maria_engine(url: str, **options: Any) -> sa.Engine:
+    """An engine whose connections start each checkout with the server's lock wait
+    timeout: a test's ``SET SESSION`` would outlive its transaction in the pool."""
+    engine = sa.create_engine(url, pool_size=5, **options)
+
+    def reset(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+
+    sa.event.listen(engine, "checkout", reset)
+    return engine
+
+
 @pytest.fixture(scope="module")
 def pg_slots(pg_engine: sa.Engine) -> sa.Engine:
     FaultBase.metadata.drop_all(pg_engine)
@@ -177,9 +232,17 @@ def pg_slots(pg_engine: sa.Engine) -> sa.Engine:
     return pg_engine
 
 
-@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres)])
-def faults(request: pytest.FixtureRequest) -> Faults:
-    """The shared test server of each backend, its slots emptied."""
+@pytest.fixture(scope="module")
+def maria_slots(mariadb_url: str) -> Iterator[sa.Engine]:
+    engine = maria_engine(mariadb_url)
+    FaultBase.metadata.drop_all(engine)
+    FaultBase.metadata.create_all(engine)
+    yield engine
+    FaultBase.metadata.drop_all(engine)
+    engine.dispose()
+
+
+def pg_faults_of(request: pytest.FixtureRequest) -> Faults:
     engine: sa.Engine = request.getfixturevalue("pg_slots")
     with engine.begin() as conn:
         conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")  # a leaked lock fails here
@@ -187,23 +250,79 @@ def faults(request: pytest.FixtureRequest) -> Faults:
     return PostgresFaults(engine)
 
 
-@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres)])
-def restartable(request: pytest.FixtureRequest) -> Iterator[PostgresFaults]:
-    """A private server of each backend, to restart: the shared one stays up. Its
-    commits survive an immediate stop (``synchronous_commit``), as a real server's do."""
-    if os.environ.get(URL_ENV):
-        pytest.skip(f"${URL_ENV} names a server of yours: the tests restart only their own")
+def maria_faults_of(request: pytest.FixtureRequest) -> Faults:
+    engine: sa.Engine = request.getfixturevalue("maria_slots")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 20")  # a leaked lock
+        conn.exec_driver_sql("DELETE FROM fault_slots")  # fails here (reset at checkout)
+        conn.exec_driver_sql("ALTER TABLE fault_slots AUTO_INCREMENT = 1")
+    return MariaFaults(engine)
+
+
+_FAULTS = {"postgresql": pg_faults_of, "mariadb": maria_faults_of}
+SERVERS = [pytest.param("postgresql", marks=pytest.mark.postgres),
+           pytest.param("mariadb", marks=pytest.mark.mariadb)]
+
+
+@pytest.fixture(params=SERVERS)
+def faults(request: pytest.FixtureRequest) -> Faults:
+    """The shared test server of each backend, its slots emptied."""
+    return _FAULTS[request.param](request)
+
+
+@pytest.fixture
+def pg_faults(request: pytest.FixtureRequest) -> Faults:
+    """PostgreSQL alone: its serialization failures (InnoDB has none)."""
+    return pg_faults_of(request)
+
+
+@pytest.fixture
+def maria_faults(request: pytest.FixtureRequest) -> Faults:
+    return maria_faults_of(request)
+
+
+@contextlib.contextmanager
+def private_server(name: str) -> Iterator[Faults]:
+    """A fresh server of ``name``'s own whose commits survive a crash, as a real server's
+    do (PostgreSQL's ``synchronous_commit``, InnoDB's flush at each commit), and an engine
+    with the pool's pre-ping."""
+    if name == "postgresql":
+        pg = pgserver.running_server(synchronous_commit="on")
+        with pg as server:
+            engine = sa.create_engine(server.url, pool_pre_ping=True, pool_size=2)
+            try:
+                FaultBase.metadata.create_all(engine)
+                yield PostgresFaults(engine, server)
+            finally:
+                engine.dispose()
+        return
+    with mariaserver.running_server("--innodb-flush-log-at-trx-commit=1") as maria:
+        engine = maria_engine(maria.url, pool_pre_ping=True)
+        try:
+            FaultBase.metadata.create_all(engine)
+            yield MariaFaults(engine, maria)
+        finally:
+            engine.dispose()
+
+
+_UNAVAILABLE = {"postgresql": (pgserver.URL_ENV, pgserver.ServerUnavailable, "PostgreSQL"),
+                "mariadb": (mariaserver.URL_ENV, mariaserver.ServerUnavailable, "MariaDB")}
+
+
+@pytest.fixture(params=SERVERS)
+def restartable(request: pytest.FixtureRequest) -> Iterator[Faults]:
+    """A private server of each backend, to restart: the shared one stays up."""
+    url_env, unavailable, what = _UNAVAILABLE[request.param]
+    if os.environ.get(url_env):
+        pytest.skip(f"${url_env} names a server of yours: the tests restart only their own")
     with contextlib.ExitStack() as stack:
         try:
-            server = stack.enter_context(running_server(synchronous_commit="on"))
-        except ServerUnavailable as exc:
+            faults = stack.enter_context(private_server(request.param))
+        except unavailable as exc:
             if os.environ.get("CI"):
-                pytest.fail(f"CI must run the PostgreSQL tests: {exc}", pytrace=False)
-            pytest.skip(f"no PostgreSQL server could start here: {exc}")
-        engine = sa.create_engine(server.url, pool_pre_ping=True, pool_size=2)
-        stack.callback(engine.dispose)
-        FaultBase.metadata.create_all(engine)
-        yield PostgresFaults(engine, server)
+                pytest.fail(f"CI must run the {what} tests: {exc}", pytrace=False)
+            pytest.skip(f"no {what} server could start here: {exc}")
+        yield faults
 
 
 # -- the routes through a transition ----------------------------------------------------------
@@ -335,7 +454,7 @@ def test_a_connection_killed_inside_the_body_fails_the_transition(faults: Faults
     assert committed_ids(log) == []
 
 
-def test_a_worker_loop_goes_on_across_server_restarts(restartable: PostgresFaults) -> None:
+def test_a_worker_loop_goes_on_across_server_restarts(restartable: Faults) -> None:
     """Restarted between two transactions, the pool's pre-ping replaces the dead
     connection and nothing fails; restarted inside one (written, not yet committed), the
     commit fails and the retry applies it, once."""
@@ -460,13 +579,14 @@ def test_two_bodies_touching_each_others_row_deadlock_one_caller(faults: Faults)
             try:
                 transition_state(slot, event="pair", frm="free", to="taken", body=body)
             except sa_exc.DBAPIError as exc:
-                assert slot.state == "free"
                 if faults.savepoint_survives_deadlock:
+                    assert slot.state == "free"
                     session.commit()  # the caller's transaction goes on: `earlier` is kept
-                else:
+                else:  # every use raises until rollback(), reading the object too
                     with pytest.raises(sa_exc.PendingRollbackError):
                         session.commit()
                     session.rollback()
+                    assert slot.state == "free"  # read again: the row as it is
                 return exc
             session.commit()
             return None
@@ -497,10 +617,12 @@ def test_two_bodies_touching_each_others_row_deadlock_one_caller(faults: Faults)
 # -- serializable ---------------------------------------------------------------------------
 
 
-def test_a_serializable_transition_loses_to_a_concurrent_update(faults: Faults) -> None:
+@pytest.mark.postgres
+def test_a_serializable_transition_loses_to_a_concurrent_update(pg_faults: Faults) -> None:
     """The late transaction's snapshot predates the early one's commit: its UPDATE
     raises the serialization failure (not a ConflictError: the row it sees still matches),
-    inside the SAVEPOINT, and nothing of it is kept."""
+    inside the SAVEPOINT, and nothing of it is kept. (InnoDB: the next test.)"""
+    faults = pg_faults
     [slot_id] = faults.add()
     serializable = faults.engine.execution_options(isolation_level="SERIALIZABLE")
     with recording() as log, Session(serializable) as late, Session(serializable) as early:
@@ -520,10 +642,12 @@ def test_a_serializable_transition_loses_to_a_concurrent_update(faults: Faults) 
     assert committed_ids(log) == [slot_id]
 
 
-def test_serializable_write_skew_fails_the_second_commit(faults: Faults) -> None:
+@pytest.mark.postgres
+def test_serializable_write_skew_fails_the_second_commit(pg_faults: Faults) -> None:
     """Two slots, each held only while the other is free (the guard reads it): each
     transaction holds one, so the two would leave none free. The second commit fails,
-    and sends no transition_committed."""
+    and sends no transition_committed. (InnoDB: the next tests.)"""
+    faults = pg_faults
     a, b = faults.add(2)
     serializable = faults.engine.execution_options(isolation_level="SERIALIZABLE")
     with recording() as log, Session(serializable) as one, Session(serializable) as two:
@@ -538,6 +662,131 @@ def test_serializable_write_skew_fails_the_second_commit(faults: Faults) -> None
     assert [faults.row(a)[:2], faults.row(b)[:2]] == [("held", 1), ("free", 0)]
     assert committed_ids(log) == [a]
     assert failed_errors(log) == []
+
+
+def settle(session: Session, fire: Callable[[], None]) -> BaseException | None:
+    """Fire and commit; on a database error, check the session refuses until rollback()
+    (the transaction is gone), roll back, and return the error."""
+    try:
+        fire()
+    except sa_exc.DBAPIError as exc:
+        with pytest.raises(sa_exc.PendingRollbackError):
+            session.commit()
+        session.rollback()
+        return exc
+    session.commit()
+    return None
+
+
+@pytest.mark.mariadb
+def test_innodb_serializable_blocks_the_concurrent_update_then_deadlocks_one(
+        maria_faults: Faults) -> None:
+    """InnoDB has no serialization failure: under SERIALIZABLE a plain read takes a
+    shared lock. The late transaction's read holds the row, so the early one's UPDATE
+    waits for it; the late one's UPDATE then closes a cycle, and the deadlock error (1213,
+    retryable) reaches one of the two, InnoDB's choice, inside its SAVEPOINT: its whole
+    transaction is gone. The other's transition is the one committed."""
+    faults = maria_faults
+    [slot_id] = faults.add()
+    serializable = faults.engine.execution_options(isolation_level="SERIALIZABLE")
+    early_pid: list[int] = []
+    ready = threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+
+    def early() -> BaseException | None:
+        with Session(serializable) as session:
+            early_pid.append(faults.pid(session))
+            slot = load(session, Slot, slot_id)
+            ready.set()
+            return settle(session, lambda: slot.claim("early"))  # waits for late's read
+
+    with recording() as log, Session(serializable) as late:
+        theirs = load(late, Slot, slot_id)  # a shared lock on the row
+
+        def main() -> None:
+            assert ready.wait(30)
+            faults.wait_for_lock(early_pid[0])
+            outcome["late"] = settle(late, lambda: theirs.claim("late"))
+
+        [outcome["early"]] = run_threads([early], main)
+    [(loser, error)] = [(name, e) for name, e in outcome.items() if e is not None]
+    winner = "early" if loser == "late" else "late"
+    assert faults.code(error) == faults.codes["deadlock"]
+    assert is_retryable(error)
+    assert faults.row(slot_id) == ("taken", 1, winner)
+    assert committed_ids(log) == [slot_id]
+    assert failed_errors(log) == [error]
+
+
+@pytest.mark.mariadb
+def test_innodb_serializable_write_skew_waits_and_the_guard_refuses(
+        maria_faults: Faults) -> None:
+    """The write skew of the PostgreSQL test above: InnoDB's shared locks make the second
+    guard's read wait for the first's commit, and then read it, so the second is refused
+    (GuardError: not retryable, the row refuses), not failed."""
+    faults = maria_faults
+    a, b = faults.add(2)
+    serializable = faults.engine.execution_options(isolation_level="SERIALIZABLE")
+    two_pid: list[int] = []
+    ready = threading.Event()
+
+    def second() -> BaseException | None:
+        with Session(serializable) as two:
+            two_pid.append(faults.pid(two))
+            slot = load(two, Slot, b)
+            ready.set()
+            try:
+                slot.hold()  # the guard's read waits for one's lock on a
+            except litestate.TransitionError as refusal:
+                two.rollback()
+                return refusal
+            two.commit()
+            return None
+
+    with recording() as log, Session(serializable) as one:
+        load(one, Slot, a).hold()
+
+        def main() -> None:
+            assert ready.wait(30)
+            faults.wait_for_lock(two_pid[0])
+            one.commit()
+
+        [refusal] = run_threads([second], main)
+    assert isinstance(refusal, GuardError)
+    assert not is_retryable(refusal)
+    assert [faults.row(a)[:2], faults.row(b)[:2]] == [("held", 1), ("free", 0)]
+    assert committed_ids(log) == [a]
+    assert failed_errors(log) == []
+
+
+@pytest.mark.mariadb
+def test_innodb_lock_wait_timeout_is_whole_seconds_and_rolls_back_the_statement(
+        maria_faults: Faults) -> None:
+    """A real wait of InnoDB's shortest timeout, one second (the other tests use 0, which
+    gives up at once with the same error): the statement alone is rolled back, so the
+    transition's SAVEPOINT and the caller's earlier work survive."""
+    faults = maria_faults
+    [slot_id] = faults.add()
+    with Session(faults.engine) as holder, recording() as log, \
+            Session(faults.engine) as session:
+        held = holder.get(Slot, slot_id, with_for_update=True)
+        assert held is not None
+        slot = load(session, Slot, slot_id)
+        faults.lock_timeout(session, 1000)
+        session.add(Slot(by="earlier"))
+        session.flush()
+        started = time.monotonic()
+        with pytest.raises(sa_exc.OperationalError) as info:
+            slot.claim("ada")
+        assert time.monotonic() - started >= 1.0  # InnoDB waited its second
+        assert faults.code(info.value) == faults.codes["lock_timeout"]
+        assert (slot.state, slot.hits) == ("free", 0)
+        holder.rollback()
+        slot.claim("ada")  # the transaction goes on
+        session.commit()
+    assert faults.row(slot_id) == ("taken", 1, "ada")
+    assert committed_ids(log) == [slot_id]
+    assert failed_errors(log) == [info.value]
 
 
 # -- lock timeouts --------------------------------------------------------------------------
@@ -618,6 +867,8 @@ def test_a_commit_of_a_transaction_the_database_aborted_sends_no_committed(
     assert committed_ids(log) == ([slot_id] if changed else [])
     if isinstance(faults, PostgresFaults):
         assert not changed
+    else:  # InnoDB rolled back the timed-out statement alone: the commit keeps the claim
+        assert changed
 
 
 # -- retrying, on real faults ---------------------------------------------------------------

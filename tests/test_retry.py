@@ -4,8 +4,10 @@ meet, read from real errors of real drivers; and the retry loop's rules.
 PostgreSQL's errors are the server's own, raised with the SQLSTATE under test (``RAISE
 ... USING ERRCODE``), through psycopg (sync and async) and asyncpg; tests/test_faults.py
 provokes the main ones for real (deadlock, serialization failure, lock timeout, a killed
-connection, a restart). MySQL and MariaDB error numbers are classified but not tested
-here: no such server runs in this suite yet.
+connection, a restart). MariaDB's are the server's own too, through PyMySQL: a real
+deadlock, lock wait timeout, connection lost after ``KILL`` and duplicate key, and the
+other numbers raised with ``SIGNAL ... SET MYSQL_ERRNO``; tests/test_faults.py provokes
+them in transitions and retries a real deadlock's victim.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import litestate
 from litestate import ConflictError, GuardError, InvalidStateError, is_retryable, retrying
 from litestate.retry import Retrying
 from litestate.sqlite import enable_savepoints
-from tests.conftest import load
+from tests.conftest import load, waiting_on_a_lock
 from tests.models import Account, Base, Todo
 from tests.pgserver import _free_port
 
@@ -116,6 +119,120 @@ def test_a_refused_asyncpg_connection_is_retryable() -> None:
     with pytest.raises(ConnectionRefusedError) as info:
         asyncio.run(connect())
     assert is_retryable(info.value)
+
+
+# -- MariaDB ---------------------------------------------------------------------------------
+
+
+def maria_error(conn: sa.Connection, sql: str, *args: Any) -> sa_exc.DBAPIError:
+    with pytest.raises(sa_exc.DBAPIError) as info:
+        conn.exec_driver_sql(sql, *args)
+    conn.rollback()
+    return info.value
+
+
+def killed(engine: sa.Engine, conn: sa.Connection) -> None:
+    """End ``conn`` from another connection; return once the server has let it go."""
+    pid = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+    with engine.connect() as other:
+        other.exec_driver_sql(f"KILL {int(pid)}")
+        while other.exec_driver_sql("SELECT COUNT(*) FROM information_schema.processlist "
+                                    f"WHERE id = {int(pid)}").scalar_one():
+            pass  # asking the server, until the connection is gone
+
+
+def deadlock(engine: sa.Engine) -> sa_exc.DBAPIError:
+    """Two connections lock two rows in opposite order: InnoDB's 1213, for one of them."""
+    table = "retry_rows"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {table} (id INT PRIMARY KEY)")
+        conn.exec_driver_sql(f"INSERT INTO {table} VALUES (1), (2)")
+    lock = f"SELECT id FROM {table} WHERE id = %s FOR UPDATE"
+    errors: list[sa_exc.DBAPIError] = []
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            first.exec_driver_sql(lock, (1,))
+            second.exec_driver_sql(lock, (2,))
+            pid = first.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+
+            def wait() -> None:
+                try:
+                    first.exec_driver_sql(lock, (2,))
+                except sa_exc.DBAPIError as exc:
+                    errors.append(exc)
+                first.rollback()
+
+            thread = threading.Thread(target=wait)
+            thread.start()
+            waiting_on_a_lock(engine, pid)
+            try:
+                second.exec_driver_sql(lock, (1,))
+            except sa_exc.DBAPIError as exc:
+                errors.append(exc)
+            second.rollback()
+            thread.join(timeout=60)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+    [error] = errors
+    return error
+
+
+#: Server error numbers raised by SIGNAL: record changed (snapshot isolation), killed,
+#: shutdown, NOWAIT, inactivity; and bugs: no such table, syntax, a foreign key.
+SIGNALLED = {1020: True, 1927: True, 1053: True, 3572: True, 4031: True,
+             1146: False, 1064: False, 1452: False, 1644: False}
+
+
+@pytest.mark.mariadb
+def test_mariadb_errors_are_classified_by_number(maria: sa.Engine) -> None:
+    found: dict[object, bool] = {}
+    errors: list[sa_exc.DBAPIError] = [deadlock(maria)]
+    with maria.connect() as conn:
+        conn.exec_driver_sql("CREATE TEMPORARY TABLE dup (id INT PRIMARY KEY)")
+        conn.exec_driver_sql("INSERT INTO dup VALUES (1)")
+        conn.commit()
+        errors.append(maria_error(conn, "INSERT INTO dup VALUES (1)"))  # 1062
+        for number in SIGNALLED:
+            errors.append(maria_error(conn, "SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = "
+                                            f"{number}, MESSAGE_TEXT = 'fault'"))
+    with maria.begin() as conn:  # a real lock wait timeout: 0 s, InnoDB gives up at once
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS retry_held (id INT PRIMARY KEY)")
+        conn.exec_driver_sql("INSERT INTO retry_held VALUES (1)")
+    try:
+        with maria.connect() as holder, maria.connect() as conn:
+            holder.exec_driver_sql("SELECT id FROM retry_held FOR UPDATE")
+            conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 0")
+            errors.append(maria_error(conn, "UPDATE retry_held SET id = 2"))
+            conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+            holder.rollback()
+    finally:
+        with maria.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE retry_held")
+    for size in (1, 4_000_000):  # read back, or written into a closed socket
+        conn = maria.connect()
+        killed(maria, conn)
+        errors.append(maria_error(conn, "SELECT %s", ("x" * size,)))
+        assert errors[-1].connection_invalidated
+        conn.close()
+    for error in errors:
+        assert error.orig is not None
+        number = error.orig.args[0]
+        found[number] = is_retryable(error)
+        assert is_retryable(error.orig) == found[number]  # the driver's own
+    assert found == {1213: True, 1062: False, **SIGNALLED, 1205: True, 2013: True,
+                     2006: True}
+
+
+def test_a_refused_pymysql_connection_is_retryable() -> None:
+    """Nothing listens (a server restarting): PyMySQL's 2003, can't connect."""
+    engine = sa.create_engine(f"mysql+pymysql://x:y@127.0.0.1:{_free_port()}/x")
+    with pytest.raises(sa_exc.OperationalError) as info:
+        engine.connect()
+    assert info.value.orig is not None
+    assert info.value.orig.args[0] == 2003
+    assert is_retryable(info.value)
+    engine.dispose()
 
 
 # -- SQLite ----------------------------------------------------------------------------------
