@@ -689,8 +689,9 @@ def test_a_leased_transition_fails_into_its_error_state_and_ends_the_lease(
     with Session(db) as session:
         [job] = litestate.claim(session, LeasedJob.start, lease=timedelta(minutes=5))
         session.commit()
-        with pytest.raises(FetchFailed), session.begin():
+        with session.begin():
             assert job.lease_owner is not None
+        with pytest.raises(FetchFailed), session.begin():
             job.finish()
     with Session(db) as session:
         job = load(session, LeasedJob, 1)
