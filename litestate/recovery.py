@@ -417,11 +417,8 @@ def _after_commit(session: Session) -> None:
 def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
     kept: _Kept | None = session.info.get(_KEPT)
     records = kept.pop(trans, None) if kept else None
-    if records:
-        if trans.parent is not None and not trans.nested:  # a subtransaction: the parent's
-            cast(_Kept, kept).setdefault(trans.parent, []).extend(records)
-        else:  # rolled back: the write is gone
-            session.info.setdefault(_AGAIN, []).extend(records)
+    if records:  # rolled back (or a subtransaction whose failure dooms its parent)
+        session.info.setdefault(_AGAIN, []).extend(records)
     if trans.parent is None:
         again: list[_Record] | None = session.info.pop(_AGAIN, None)
         if again:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -203,13 +203,14 @@ def test_the_error_state_is_an_ordinary_state_that_a_retry_leaves(db: sa.Engine)
 
 
 def test_a_caller_that_catches_and_commits_keeps_the_record_once_with_its_work(
-        db: sa.Engine) -> None:
+        db: sa.Engine, frozen_clock: datetime) -> None:
     new_job(db)
     with Session(db) as session, session.begin():
         job = load(session, Job, 1)
-        with pytest.raises(FetchFailed):
+        with pytest.raises(FetchFailed) as raised:
             job.fetch()
         assert job.status == "fetch_failed"
+        assert job.status_changed_at == FROZEN
         assert job.attempts == 1
         assert job.last_error is not None
         assert job.note is None
@@ -218,6 +219,7 @@ def test_a_caller_that_catches_and_commits_keeps_the_record_once_with_its_work(
     assert row(db)["attempts"] == 1
     assert row(db, 2)["status"] == "queued"
     assert log_rows(db) == [ERROR_ROW]  # not written twice
+    assert not getattr(raised.value, "__notes__", None)  # nor tried again after the commit
 
 
 def test_the_record_survives_a_rollback_after_the_caller_wrote_the_row(
@@ -269,7 +271,8 @@ def test_a_released_savepoint_hands_the_record_to_the_callers_commit(db: sa.Engi
     assert len(log_rows(db)) == 1
 
 
-def test_a_body_that_rolls_back_the_session_still_leaves_the_record(db: sa.Engine) -> None:
+def test_a_body_that_rolls_back_the_session_still_leaves_the_record(
+        db: sa.Engine, signals: SignalLog) -> None:
     new_job(db)
     with Session(db) as session:
         job = load(session, Job, 1)
@@ -278,6 +281,7 @@ def test_a_body_that_rolls_back_the_session_still_leaves_the_record(db: sa.Engin
     assert row(db)["status"] == "fetch_failed"
     assert row(db)["attempts"] == 1
     assert [event for event, *_ in log_rows(db)] == ["fetch_and_roll_back"]
+    assert signals.of("transition-failed")[0].payload["error_state"] == "fetch_failed"
 
 
 def test_the_record_after_a_rollback_needs_the_row_as_it_was_read(db: sa.Engine) -> None:
@@ -368,8 +372,10 @@ def test_messages_are_cut_to_the_column_and_to_the_limit(db: sa.Engine) -> None:
     assert len(saved) == 200
     assert saved.endswith("…")
     [(*_, data)] = log_rows(db)
-    assert len(data["error"]["message"]) == recovery.MESSAGE_LIMIT
+    assert len(data["error"]["message"]) == recovery.MESSAGE_LIMIT == 1000
     assert recovery.describe(ValueError("")) == ("ValueError", "")
+    assert recovery.describe(ValueError("abc"), limit=1) == ("ValueError", "…")
+    assert recovery.describe(ValueError("abc"), limit=3) == ("ValueError", "abc")
 
 
 def test_transitions_lists_the_error_state() -> None:
@@ -718,3 +724,256 @@ def row_of_leased(engine: sa.Engine) -> tuple[Any, ...]:
     with Session(engine) as session:
         job = load(session, LeasedJob, 1)
         return job.status, job.attempts, job.lease_owner
+
+
+# -- what the mutation run asked for -----------------------------------------------------
+
+
+def test_a_released_savepoint_then_a_rollback_writes_the_record_again_once(
+        db: sa.Engine) -> None:
+    new_job(db)
+
+    def work(session: Session) -> None:
+        with session.begin_nested(), pytest.raises(FetchFailed):
+            load(session, Job, 1).fetch()
+        raise RuntimeError("the caller gives up")
+
+    with pytest.raises(RuntimeError), Session(db) as session, session.begin():
+        work(session)
+    assert row(db)["status"] == "fetch_failed"
+    assert row(db)["attempts"] == 1
+    assert len(log_rows(db)) == 1
+
+
+def test_a_payload_the_database_refuses_still_lets_a_committing_caller_keep_the_record(
+        db: sa.Engine) -> None:
+    new_job(db)
+    with Session(db) as session, session.begin(), litestate.context(who=object()), \
+            pytest.raises(FetchFailed) as raised:
+        load(session, Job, 1).fetch()
+    assert row(db)["status"] == "fetch_failed"
+    [(*_, data)] = log_rows(db)
+    assert set(data) == {"error"}  # the caller's values left out
+    assert sum("without the body's and the context's values" in note
+               for note in raised.value.__notes__) == 1
+
+
+def test_a_record_the_row_no_longer_matches_says_so_once(db: sa.Engine) -> None:
+    new_job(db, status="queued")
+
+    def work(session: Session) -> None:
+        job = load(session, Job, 1)
+        job.start()
+        job.fetch()
+
+    with pytest.raises(FetchFailed) as raised, Session(db) as session, session.begin():
+        work(session)
+    assert [note for note in raised.value.__notes__ if "no longer" in note] == [
+        "litestate: Job.fetch() did not record its error state 'fetch_failed' after the "
+        "rollback: the row's state is no longer 'fetching' (it is 'queued')"]
+
+
+def test_a_clock_that_fails_while_recording_leaves_the_original_error_with_a_note(
+        db: sa.Engine) -> None:
+    new_job(db)
+    calls = {"n": 0}
+
+    def clock() -> datetime:
+        calls["n"] += 1
+        if calls["n"] > 1:  # the transition's reading works; the error record's fails
+            raise OSError("the clock broke")
+        return FROZEN
+
+    previous = litestate.set_clock(clock)
+    try:
+        error = fetch_in_a_worker(db)
+    finally:
+        litestate.set_clock(previous)
+    assert str(error) == "upstream said no"
+    assert any("could not enter its error state" in note and "the clock broke" in note
+               for note in error.__notes__)
+    assert row(db)["status"] == "fetching"
+
+
+class Untitled(RecoveryBase):
+    """No @state_column: the transition names its column."""
+
+    __tablename__ = "rec_untitled"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stage: Mapped[str] = mapped_column(sa.String(20), default="working")
+
+    @transition(frm="working", to="done", column="stage", on_error="broken")
+    def finish(self) -> None:
+        raise FetchFailed("no state_column")
+
+
+def test_a_column_without_state_column_options_has_an_error_state(db: sa.Engine) -> None:
+    with Session(db) as session, session.begin():
+        session.add(Untitled(id=1))
+    with pytest.raises(FetchFailed), Session(db) as session, session.begin():
+        load(session, Untitled, 1).finish()
+    with Session(db) as session:
+        assert load(session, Untitled, 1).stage == "broken"
+
+
+class VersionedJob(RecoveryBase):
+    __tablename__ = "rec_versioned"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="queued")
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's spelling
+
+    @transition(frm="queued", to="fetching", column="status")
+    def start(self) -> None:
+        pass
+
+    @transition(frm="fetching", to="fetched", column="status", on_error="fetch_failed")
+    def fetch(self) -> None:
+        raise FetchFailed("versioned")
+
+
+def test_a_versioned_record_that_no_longer_matches_names_the_version(db: sa.Engine) -> None:
+    with Session(db) as session, session.begin():
+        session.add(VersionedJob(id=1))
+
+    def work(session: Session) -> None:
+        job = load(session, VersionedJob, 1)
+        job.start()
+        job.fetch()
+
+    with pytest.raises(FetchFailed) as raised, Session(db) as session, session.begin():
+        work(session)
+    assert any("state or version changed (its state is now 'queued', it was 'fetching')"
+               in note for note in raised.value.__notes__), raised.value.__notes__
+
+
+@pytest.fixture
+def server_db(server: sa.Engine) -> Iterator[sa.Engine]:
+    RecoveryBase.metadata.drop_all(server)
+    RecoveryBase.metadata.create_all(server)
+    yield server
+    RecoveryBase.metadata.drop_all(server)
+
+
+def take_the_row_once(holder: Session, worker: Session, *, when: str,
+                      then: Callable[[], None] = lambda: None) -> None:
+    """In ``worker``'s ``after_rollback``: ``when="savepoint"``, the first ROLLBACK TO
+    SAVEPOINT (the transition's, which releases the row on PostgreSQL), or ``"root"``;
+    ``holder`` locks the row, then ``then()`` runs."""
+    done: list[bool] = []
+
+    def take(session: Session) -> None:
+        nested = session.get_nested_transaction() is not None
+        if done or nested != (when == "savepoint"):
+            return
+        done.append(True)
+        holder.execute(sa.select(Job).where(Job.id == 1).with_for_update()).one()
+        then()
+
+    sa_event.listen(worker, "after_rollback", take)
+
+
+@pytest.mark.postgres
+def test_a_record_that_waited_too_long_in_the_transaction_is_written_after_it(
+        pg: sa.Engine) -> None:
+    """The error state in the caller's transaction meets a lock (another transaction took
+    the row the moment the transition's SAVEPOINT released it) and the caller's
+    lock_timeout: it is written again once the caller's transaction has ended."""
+    RecoveryBase.metadata.drop_all(pg)
+    RecoveryBase.metadata.create_all(pg)
+    new_job(pg)
+    with Session(pg) as holder:
+        worker = Session(pg)
+        take_the_row_once(holder, worker, when="savepoint")
+        sa_event.listen(worker, "after_rollback", lambda session: holder.rollback()
+                        if session.get_nested_transaction() is None else None)
+
+        def work() -> None:
+            worker.execute(sa.text("SET LOCAL lock_timeout = '100ms'"))
+            load(worker, Job, 1).fetch()
+
+        with pytest.raises(FetchFailed) as raised, worker, worker.begin():
+            work()
+    assert any("in the caller's transaction" in note and "lock timeout" in note
+               for note in raised.value.__notes__)
+    assert row(pg)["status"] == "fetch_failed"
+    assert row(pg)["attempts"] == 1
+    RecoveryBase.metadata.drop_all(pg)
+
+
+@pytest.mark.postgres
+def test_a_row_another_worker_moved_meanwhile_is_left_as_it_is(pg: sa.Engine) -> None:
+    """Between the transition's SAVEPOINT rollback and its error state, another worker
+    moved the row: the conditional UPDATE matches nothing, and a note says so."""
+    RecoveryBase.metadata.drop_all(pg)
+    RecoveryBase.metadata.create_all(pg)
+    new_job(pg)
+    with Session(pg) as holder:
+        worker = Session(pg)
+
+        def move_it() -> None:
+            holder.execute(sa.update(Job).where(Job.id == 1).values(status="queued"))
+            holder.commit()
+
+        take_the_row_once(holder, worker, when="savepoint", then=move_it)
+        with pytest.raises(FetchFailed) as raised, worker, worker.begin():
+            load(worker, Job, 1).fetch()
+    assert "litestate: Job.fetch() did not enter its error state 'fetch_failed': the row's " \
+        "state is no longer 'fetching' (it is 'queued')" in raised.value.__notes__
+    assert row(pg)["status"] == "queued"
+    assert row(pg)["attempts"] == 0
+    RecoveryBase.metadata.drop_all(pg)
+
+
+@pytest.mark.postgres
+def test_a_lease_taken_over_meanwhile_keeps_the_error_state_out(pg: sa.Engine) -> None:
+    RecoveryBase.metadata.drop_all(pg)
+    RecoveryBase.metadata.create_all(pg)
+    with Session(pg) as session, session.begin():
+        session.add(LeasedJob(id=1))
+    with Session(pg) as holder:
+        worker = Session(pg)
+        [job] = litestate.claim(worker, LeasedJob.start, lease=timedelta(minutes=5))
+        worker.commit()
+        done: list[bool] = []
+
+        def take_over(session: Session) -> None:
+            if done or session.get_nested_transaction() is None:
+                return
+            done.append(True)
+            holder.execute(sa.update(LeasedJob).values(lease_owner="another claim"))
+            holder.commit()
+
+        sa_event.listen(worker, "after_rollback", take_over)
+        with pytest.raises(FetchFailed), worker, worker.begin():
+            job.finish()
+    assert row_of_leased(pg) == ("running", 0, "another claim")
+    RecoveryBase.metadata.drop_all(pg)
+
+
+@pytest.mark.mariadb
+def test_on_mariadb_the_record_waits_at_most_the_timeout_and_the_pool_keeps_its_own(
+        maria: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    RecoveryBase.metadata.drop_all(maria)
+    RecoveryBase.metadata.create_all(maria)
+    new_job(maria)
+    engine = sa.create_engine(maria.url, pool_size=1, max_overflow=0)
+    monkeypatch.setattr(recovery, "LOCK_TIMEOUT", 0.2)  # whole seconds on InnoDB: 1
+    try:
+        with engine.connect() as conn:
+            default = conn.exec_driver_sql("SELECT @@SESSION.innodb_lock_wait_timeout").scalar()
+        with Session(maria) as holder:
+            worker = Session(engine)
+            take_the_row_once(holder, worker, when="root")
+            with pytest.raises(FetchFailed) as raised, worker, worker.begin():
+                load(worker, Job, 1).fetch()
+            holder.rollback()
+        assert any("could not record its error state" in note and "1205" in note
+                   for note in raised.value.__notes__)
+        with engine.connect() as conn:  # the pool's one connection, as the rewrite left it
+            assert conn.exec_driver_sql(
+                "SELECT @@SESSION.innodb_lock_wait_timeout").scalar() == default
+    finally:
+        engine.dispose()
+    assert row(maria)["status"] == "fetching"
+    RecoveryBase.metadata.drop_all(maria)
