@@ -274,6 +274,7 @@ def test_a_pending_object_rolled_back_leaves_no_row_and_says_so(db: sa.Engine) -
     assert job_log(db) == []
     # The note must not claim the row's state changed: the row never existed.
     assert not any("no longer 'fetching'" in n for n in notes(raised.value)), notes(raised.value)
+    assert any("its row does not exist" in n for n in notes(raised.value)), notes(raised.value)
 
 
 def test_an_expired_object_in_an_autoflush_off_session(db: sa.Engine) -> None:
@@ -692,6 +693,7 @@ def test_version_id_col_record_survives_a_rollback_after_the_caller_wrote_the_ro
         ver = load(session, Ver, 1)
         assert ver.status == "fetch_failed", notes(raised.value)
         assert ver.note is None
+        assert ver.version == 2  # one bump from the committed version, not from the caller's
 
 
 class Phase(enum.Enum):

@@ -254,6 +254,7 @@ def test_a_rolled_back_savepoint_of_the_caller_does_not_lose_the_record(
         job = load(session, Job, 1)
         with pytest.raises(FetchFailed), session.begin_nested():
             job.fetch()
+        assert job.status == "fetching"  # the row in this transaction, the record undone
         session.add(Job(id=2))
     assert row(db)["status"] == "fetch_failed"
     assert row(db)["attempts"] == 1
@@ -977,3 +978,39 @@ def test_on_mariadb_the_record_waits_at_most_the_timeout_and_the_pool_keeps_its_
         engine.dispose()
     assert row(maria)["status"] == "fetching"
     RecoveryBase.metadata.drop_all(maria)
+
+
+def test_a_rewrite_the_database_refuses_is_tried_without_the_callers_values(
+        db: sa.Engine) -> None:
+    """The body rolled the caller's transaction back, so the record is written after it;
+    its row carries a context value JSON cannot hold: written without it, with a note."""
+    new_job(db)
+    with litestate.context(who=object()), Session(db) as session, pytest.raises(
+            sa_exc.InvalidRequestError) as raised:
+        load(session, Job, 1).fetch_and_roll_back()
+    assert row(db)["status"] == "fetch_failed"
+    [(*_, data)] = log_rows(db)
+    assert set(data) == {"error"}
+    assert sum("without the body's and the context's values" in note
+               for note in raised.value.__notes__) == 1
+
+
+@state_column("status", attempts="tries")
+class NullTries(RecoveryBase):
+    __tablename__ = "rec_null_tries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="running")
+    tries: Mapped[int | None]
+
+    @transition(frm="running", to="done", on_error="failed")
+    def finish(self) -> None:
+        raise FetchFailed("first failure")
+
+
+def test_attempts_that_were_null_count_from_zero(db: sa.Engine) -> None:
+    with Session(db) as session, session.begin():
+        session.add(NullTries(id=1))
+    with pytest.raises(FetchFailed), Session(db) as session, session.begin():
+        load(session, NullTries, 1).finish()
+    with Session(db) as session:
+        assert load(session, NullTries, 1).tries == 1
