@@ -133,6 +133,10 @@ class Tag(QueueBase):
     def see(self) -> None:
         pass
 
+    @transition(frm="seen", to="done", log_args=("why",))
+    def close(self, why: str = "swept") -> None:
+        pass
+
 
 @state_column("status")
 class Seat(QueueBase):

@@ -156,6 +156,18 @@ def test_a_key_that_is_not_the_tables_first_column(db: sa.Engine, path: str | No
             3: "new", 5: "seen", 8: "seen"}
 
 
+def test_a_batch_logs_the_defaults_of_log_args(db: sa.Engine, path: str | None) -> None:
+    with Session(db) as session:
+        session.add_all(Tag(id=i, label=f"tag-{i}", status="seen") for i in (1, 2))
+        session.commit()
+        with litestate.context(by="cron"):
+            assert sorted(litestate.transition_many(session, Tag.close)) == [1, 2]
+        session.commit()
+        assert [(r.tag_id, r.data) for r in session.scalars(
+            sa.select(TagLog).order_by(TagLog.tag_id))] == [
+            (1, {"by": "cron", "why": "swept"}), (2, {"by": "cron", "why": "swept"})]
+
+
 def test_frm_any_state_moves_every_matching_row(db: sa.Engine, path: str | None) -> None:
     with Session(db) as session:
         seed(session, 9)

@@ -1020,6 +1020,7 @@ class Quiet(AttackBase):
     __tablename__ = "atk_quiets"
     id: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(sa.String(20), default="a")
+    muted: Mapped[bool] = mapped_column(default=False)
 
     @transition(frm="a", to="b")
     def loud(self, other: Quiet) -> None:
@@ -1036,7 +1037,7 @@ class Quiet(AttackBase):
 
     @transition(frm="a", to="b", log=False)
     def mute(self) -> None:
-        pass
+        self.muted = True  # a body: an empty one is never called
 
     @transition(frm="a", to="b", log_args=("reason", "loudness"))
     def note(self, reason: str, loudness: int = 3) -> None:
@@ -1069,7 +1070,7 @@ def test_log_data_after_an_unlogged_inner_transition_fills_the_outer_row(
         one, two = load(session, Quiet, 1), load(session, Quiet, 2)
         one.loud_then_note(two)
         assert [row.data for row in history(one)] == [{"after": "mute"}]
-        assert (two.status, history(two)) == ("b", [])
+        assert (two.status, two.muted, history(two)) == ("b", True, [])
 
 
 def test_log_args_naming_a_parameter_left_to_its_default(db: sa.Engine) -> None:
