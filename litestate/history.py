@@ -438,12 +438,13 @@ def _fill(values: dict[str, Any], given: Mapping[str, Any], fill: Mapping[str, s
 
 
 def _as_log_time(at: datetime, aware: bool) -> datetime:
-    """A clock reading as the ``at`` column takes it (litestate's naive readings are UTC)."""
-    if aware and at.tzinfo is None:
-        return at.replace(tzinfo=UTC)
-    if not aware and at.tzinfo is not None:
-        return at.astimezone(UTC).replace(tzinfo=None)
-    return at
+    """A clock reading as the ``at`` column takes it: in UTC (litestate's naive readings
+    are UTC). An aware reading in another zone is converted too, as core converts the
+    timestamps: SQLite's and MySQL's columns keep no zone, and would store its wall time."""
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC) if aware else at
+    at = at.astimezone(UTC)
+    return at if aware else at.replace(tzinfo=None)
 
 
 core.plan_extensions.append(_extend)

@@ -23,6 +23,7 @@ class JobLog(TransitionLog, QueueBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(sa.ForeignKey("queue_jobs.id"))
     worker: Mapped[str | None] = mapped_column(sa.String(40))
+    queue: Mapped[str] = mapped_column(sa.String(20), default="main")  # a default to keep
 
 
 @state_column("state", log=JobLog, changed_at="state_changed_at")
@@ -110,6 +111,30 @@ class Lamp(QueueBase):
 
     @transition(frm=[Color.RED, Color.GREEN], to=Color.BLUE)
     def cool(self) -> None:
+        pass
+
+
+class TagLog(TransitionLog, QueueBase):
+    __tablename__ = "queue_tag_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tag_id: Mapped[int] = mapped_column(sa.ForeignKey("queue_tags.id"))
+
+
+@state_column("status", log=TagLog)
+class Tag(QueueBase):
+    """Its primary key is not its table's first column."""
+
+    __tablename__ = "queue_tags"
+    label: Mapped[str] = mapped_column(sa.String(20))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="new")
+
+    @transition(frm="new", to="seen")
+    def see(self) -> None:
+        pass
+
+    @transition(frm="seen", to="done", log_args=("why",))
+    def close(self, why: str = "swept") -> None:
         pass
 
 

@@ -19,7 +19,17 @@ from sqlalchemy.orm import Session
 import litestate
 from litestate import bulk
 from tests.conftest import FROZEN, SignalLog, StatementLog, load
-from tests.queue_models import Color, Job, JobLog, Lamp, LampLog, QueueBase, Seat
+from tests.queue_models import (
+    Color,
+    Job,
+    JobLog,
+    Lamp,
+    LampLog,
+    QueueBase,
+    Seat,
+    Tag,
+    TagLog,
+)
 
 PATHS = [None, "returning", "select-then-update"]
 
@@ -118,6 +128,44 @@ def test_several_from_states_log_each_rows_own(db: sa.Engine, path: str | None,
         heard = {h.payload["record_id"]: h.payload["from_state"]
                  for h in signals.of("transition-committed")}
         assert heard == {i: before[i][0] for i in moved}
+
+
+def test_a_log_column_with_a_default_gets_it_unless_the_context_fills_it(
+        db: sa.Engine, path: str | None) -> None:
+    with Session(db) as session:
+        seed(session, 6)
+        litestate.transition_many(session, Job.start)
+        with litestate.context(queue="side"):
+            litestate.transition_many(session, Job.complete)
+        session.commit()
+        assert {(r.event, r.queue) for r in session.scalars(sa.select(JobLog))} == {
+            ("start", "main"), ("complete", "side")}
+
+
+def test_a_key_that_is_not_the_tables_first_column(db: sa.Engine, path: str | None) -> None:
+    with Session(db) as session:
+        session.add_all(Tag(id=i, label=f"tag-{i}") for i in (3, 5, 8))
+        session.commit()
+        moved = litestate.transition_many(session, Tag.see, where=Tag.id > 3)
+        session.commit()
+        assert sorted(moved) == [5, 8]
+        assert sorted(session.execute(sa.select(TagLog.tag_id, TagLog.from_state,
+                                                TagLog.to_state)).all()) == [
+            (5, "new", "seen"), (8, "new", "seen")]
+        assert dict(session.execute(sa.select(Tag.id, Tag.status)).all()) == {
+            3: "new", 5: "seen", 8: "seen"}
+
+
+def test_a_batch_logs_the_defaults_of_log_args(db: sa.Engine, path: str | None) -> None:
+    with Session(db) as session:
+        session.add_all(Tag(id=i, label=f"tag-{i}", status="seen") for i in (1, 2))
+        session.commit()
+        with litestate.context(by="cron"):
+            assert sorted(litestate.transition_many(session, Tag.close)) == [1, 2]
+        session.commit()
+        assert [(r.tag_id, r.data) for r in session.scalars(
+            sa.select(TagLog).order_by(TagLog.tag_id))] == [
+            (1, {"by": "cron", "why": "swept"}), (2, {"by": "cron", "why": "swept"})]
 
 
 def test_frm_any_state_moves_every_matching_row(db: sa.Engine, path: str | None) -> None:

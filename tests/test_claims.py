@@ -263,6 +263,27 @@ def test_mariadb_judges_leases_by_one_clock_whatever_a_sessions_time_zone(
         zoned.dispose()
 
 
+def test_at_the_instant_a_lease_expires_renew_refuses_and_reclaim_takes_it(
+        maria_db: sa.Engine) -> None:
+    """MariaDB's clock pinned (SET timestamp moves UTC_TIMESTAMP(6)) to the microsecond of
+    the expiry: the lease is over, for its holder as for a reclaim."""
+    pinned = 1_900_000_000.25
+    with maria_db.connect() as conn, Session(conn) as session:  # one connection: its clock
+        seed(session, 1)
+        try:
+            session.execute(sa.text("SET timestamp = :at"), {"at": pinned})
+            [job] = claim(session, Job.start, lease=timedelta(seconds=30))
+            session.commit()
+            session.execute(sa.text("SET timestamp = :at"), {"at": pinned + 30})
+            assert renew(job, timedelta(minutes=5)) is False
+            assert reclaim(session, Job.requeue) == [job.id]
+            session.commit()
+        finally:
+            session.rollback()
+            conn.execute(sa.text("SET timestamp = DEFAULT"))
+            conn.commit()
+
+
 def test_renew_extends_only_the_holders_lease(db: sa.Engine, path: str | None) -> None:
     with Session(db, expire_on_commit=False) as session, Session(db) as other:
         seed(session, 2)
@@ -292,6 +313,20 @@ def test_a_leased_transition_ends_the_lease(db: sa.Engine, path: str | None) -> 
         assert (job.state, job.lease_owner, job.lease_expires_at) == ("done", None, None)
         assert log_of(session, job.id) == [("start", "queued", "running"),
                                            ("finish", "running", "done")]
+
+
+def test_a_claim_rolled_back_with_its_savepoint_leaves_its_objects_showing_the_row(
+        db: sa.Engine, path: str | None) -> None:
+    """The claimed objects were loaded (with the claim's state and lease); the SAVEPOINT's
+    rollback expires them, so they show the row again, as it was."""
+    with Session(db) as session:
+        seed(session, 2)
+        savepoint = session.begin_nested()
+        jobs = claim(session, Job.start, limit=2, lease=timedelta(minutes=5))
+        assert {(job.state, job.lease_owner is None) for job in jobs} == {("running", False)}
+        savepoint.rollback()
+        assert {(job.state, job.lease_owner, job.started_at) for job in jobs} == {
+            ("queued", None, None)}
 
 
 @pytest.mark.parametrize("expire_on_commit", [True, False])

@@ -7,7 +7,7 @@ import enum
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from litestate import (
     state_column,
     transition,
 )
-from tests.conftest import FROZEN, StatementLog
+from tests.conftest import FROZEN, StatementLog, load
 
 
 class HistoryBase(DeclarativeBase):
@@ -150,6 +150,43 @@ class Nest(HistoryBase):
     @transition(frm="x", to="y", column="other")
     def inner(self) -> None:
         log_data(level="inner")
+
+
+class StampLog(TransitionLog, HistoryBase):
+    """A log whose ``at`` is a naive column (UTC by convention)."""
+
+    __tablename__ = "hist_stamp_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stamp_id: Mapped[int] = mapped_column(sa.ForeignKey("hist_stamps.id"))
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=False))
+
+
+class StampPhaseLog(TransitionLog, HistoryBase):  # the mixin's aware ``at``
+    __tablename__ = "hist_stamp_phase_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stamp_id: Mapped[int] = mapped_column(sa.ForeignKey("hist_stamps.id"))
+
+
+@state_column("status", log=StampLog, changed_at="status_changed_at")
+@state_column("phase", log=StampPhaseLog)
+class Stamp(HistoryBase):
+    __tablename__ = "hist_stamps"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="a")
+    status_changed_at: Mapped[datetime | None]
+    phase: Mapped[str] = mapped_column(sa.String(20), default="x")
+
+    @transition(frm="a", to="b")
+    def go(self) -> None:
+        pass
+
+    @transition(frm="x", to="y", column="phase")
+    def up(self) -> None:
+        pass
+
+    @transition(frm="y", to="x", column="phase")
+    def down(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -417,6 +454,36 @@ def test_two_foreign_keys_are_named() -> None:
                                "fk_a (a_id), fk_b (b_id); it needs exactly one")
 
 
+def test_a_log_model_mapped_to_a_subquery_is_refused() -> None:
+    class Decl(DeclarativeBase):
+        pass
+
+    table = sa.Table("view_log", Decl.metadata, sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("thing_id", sa.ForeignKey("things.id")),
+                     *(sa.Column(name, sa.String(64))
+                       for name in ("event", "column", "from_state", "to_state")),
+                     sa.Column("at", sa.DateTime), sa.Column("data", sa.JSON))
+
+    class ViewLog(TransitionLog):
+        pass
+
+    Decl.registry.map_imperatively(ViewLog, sa.select(table).subquery())
+
+    @state_column("status", log=ViewLog)
+    class Thing(Decl):
+        __tablename__ = "things"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        status: Mapped[str] = mapped_column(sa.String(20))
+
+        @transition(frm="a", to="b")
+        def go(self) -> None:
+            pass
+
+    with pytest.raises(DeclarationError) as info:
+        Decl.registry.configure()
+    assert str(info.value) == "Thing.go: log=ViewLog is not a mapped class with a table"
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"log": 3}, "log is a TransitionLog model"),
     ({"log_args": "reason"}, "log_args is a tuple of parameter names"),
@@ -497,6 +564,48 @@ def test_time_spent_in_each_state_and_rows_stuck_in_a_state(db: sa.Engine) -> No
                 Ticket.status == "open",
                 Ticket.status_changed_at < now - timedelta(hours=4))).all()
             assert found == [stuck.id]
+    finally:
+        litestate.set_clock(previous)
+
+
+def as_utc(at: datetime) -> datetime:
+    """A read ``at`` as naive UTC (PostgreSQL returns it aware, in the session's zone)."""
+    return at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
+
+
+NINE = datetime(2030, 1, 1, 9)
+
+
+@pytest.mark.parametrize("reading", [NINE, NINE.replace(tzinfo=UTC),
+                                     datetime(2030, 1, 1, 11, tzinfo=timezone(
+                                         timedelta(hours=2)))],
+                         ids=["naive", "utc", "plus-two"])
+def test_the_log_time_is_the_clocks_instant_in_utc_in_a_naive_or_aware_column(
+        db: sa.Engine, reading: datetime) -> None:
+    """One instant, read naive (UTC), aware in UTC or aware in another zone: both log
+    columns, the naive one and the aware one, and changed_at hold 09:00 UTC, whatever
+    the zone of PostgreSQL's session; history() orders the rows of both logs by it."""
+    clock = [reading]
+    previous = litestate.set_clock(lambda: clock[0])
+    try:
+        with Session(db) as session:
+            stamp = saved(session, Stamp())
+            if db.dialect.name == "postgresql":  # a naive value would be read in it
+                session.execute(sa.text("SET LOCAL TIME ZONE INTERVAL '+05:00' HOUR TO MINUTE"))
+            stamp.up()
+            clock[0] = reading + timedelta(hours=1)
+            stamp.go()
+            clock[0] = reading + timedelta(hours=2)
+            stamp.down()
+            ident = stamp.id
+            session.commit()
+        with Session(db) as session:
+            stamp = load(session, Stamp, ident)
+            rows = history(stamp)
+            assert [(row.event, as_utc(row.at)) for row in rows] == [
+                ("up", NINE), ("go", NINE + timedelta(hours=1)),
+                ("down", NINE + timedelta(hours=2))]
+            assert stamp.status_changed_at == NINE + timedelta(hours=1)
     finally:
         litestate.set_clock(previous)
 

@@ -1022,6 +1022,7 @@ class Quiet(AttackBase):
     __tablename__ = "atk_quiets"
     id: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(sa.String(20), default="a")
+    muted: Mapped[bool] = mapped_column(default=False)
 
     @transition(frm="a", to="b")
     def loud(self, other: Quiet) -> None:
@@ -1030,6 +1031,19 @@ class Quiet(AttackBase):
     @transition(frm="a", to="b", log=False)
     def hush(self) -> None:
         log_data(leaked="from hush")
+
+    @transition(frm="a", to="b")
+    def loud_then_note(self, other: Quiet) -> None:
+        other.mute()
+        log_data(after="mute")
+
+    @transition(frm="a", to="b", log=False)
+    def mute(self) -> None:
+        self.muted = True  # a body: an empty one is never called
+
+    @transition(frm="a", to="b", log_args=("reason", "loudness"))
+    def note(self, reason: str, loudness: int = 3) -> None:
+        pass
 
 
 def test_log_data_in_an_unlogged_body_does_not_land_in_another_rows_log(
@@ -1046,6 +1060,28 @@ def test_log_data_in_an_unlogged_body_does_not_land_in_another_rows_log(
             return  # refused, as outside any logged body: fine
         [logged] = history(one)
         assert "leaked" not in logged.data, logged.data
+
+
+def test_log_data_after_an_unlogged_inner_transition_fills_the_outer_row(
+        db: sa.Engine) -> None:
+    """mute() writes no row; once it returns, loud_then_note()'s body has its own row to
+    fill again."""
+    with Session(db) as session, session.begin():
+        session.add_all([Quiet(id=1), Quiet(id=2)])
+    with Session(db) as session, session.begin():
+        one, two = load(session, Quiet, 1), load(session, Quiet, 2)
+        one.loud_then_note(two)
+        assert [row.data for row in history(one)] == [{"after": "mute"}]
+        assert (two.status, two.muted, history(two)) == ("b", True, [])
+
+
+def test_log_args_naming_a_parameter_left_to_its_default(db: sa.Engine) -> None:
+    with Session(db) as session, session.begin():
+        session.add(Quiet(id=1))
+    with Session(db) as session, session.begin():
+        load(session, Quiet, 1).note("calm")
+        assert [row.data for row in history(load(session, Quiet, 1))] == [
+            {"reason": "calm", "loudness": 3}]
 
 
 def test_a_succeeding_body_whose_log_row_fails_enters_the_error_state(db: sa.Engine) -> None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ from litestate.sqlite import enable_savepoints
 from tests.conftest import load, waiting_on_a_lock
 from tests.models import Account, Base, Todo
 from tests.pgserver import _free_port
+
+#: PyMySQL's OperationalError (PyMySQL ships no type hints)
+PyMySQLError: Any = importlib.import_module("pymysql.err").OperationalError
 
 RETRYABLE_SQLSTATES = ["40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000",
                        "08003", "08006"]
@@ -103,6 +108,16 @@ def test_a_refused_psycopg_connection_is_retryable() -> None:
     assert not info.value.connection_invalidated
     assert is_retryable(info.value)
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_psycopg_error_of_the_client_without_a_sqlstate_is_a_bug(pg: sa.Engine) -> None:
+    """Only psycopg's OperationalError without a SQLSTATE is the connection's failure; a
+    ProgrammingError psycopg raises before sending anything is the code's."""
+    with pg.connect() as conn, pytest.raises(sa_exc.ProgrammingError) as info:
+        conn.exec_driver_sql("SELECT %s, %s", (1,))
+    assert getattr(info.value.orig, "sqlstate", "?") is None
+    assert not is_retryable(info.value)
 
 
 def test_a_refused_asyncpg_connection_is_retryable() -> None:
@@ -368,6 +383,34 @@ def test_the_chain_is_read_through_causes_and_database_contexts(tmp_path: Path) 
     assert not is_retryable(looped)
 
 
+def test_a_drivers_own_error_raised_while_handling_a_busy_one_is_its_consequence(
+        tmp_path: Path) -> None:
+    """Without SQLAlchemy in between (a raw DB-API connection): the driver's failed
+    ROLLBACK carries the busy error as its context."""
+    with sqlite_busy(tmp_path / "busy.db") as busy:
+        assert isinstance(busy.orig, sqlite3.OperationalError)
+        rollback_failed = sqlite3.OperationalError("cannot rollback - no transaction is active")
+        rollback_failed.__context__ = busy.orig
+        assert is_retryable(rollback_failed)
+
+
+def test_only_sqlalchemys_statement_error_is_read_through_orig(tmp_path: Path) -> None:
+    """``.orig`` is SQLAlchemy's wrapped driver error; another exception's attribute of
+    that name (here a job's record of its last failure) is nobody's chain."""
+    with sqlite_busy(tmp_path / "busy.db") as busy:
+        assert busy.orig is not None
+        unchained = sa_exc.OperationalError("BEGIN IMMEDIATE", None, busy.orig)
+        assert unchained.__cause__ is None  # made, not raised from the driver's error
+        assert is_retryable(unchained)
+
+        class JobFailed(Exception):
+            def __init__(self, orig: BaseException) -> None:
+                super().__init__("job failed")
+                self.orig = orig
+
+        assert not is_retryable(JobFailed(busy))
+
+
 def test_a_session_used_after_an_ignored_error_is_a_bug(tmp_path: Path) -> None:
     """PendingRollbackError: the caller went on after a failure without rollback()."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'pending.db'}")
@@ -387,7 +430,15 @@ def test_a_session_used_after_an_ignored_error_is_a_bug(tmp_path: Path) -> None:
 @pytest.mark.parametrize("error", [
     ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(),
     sa_exc.DisconnectionError("pre-ping: the connection was closed"),
-], ids=type)
+    sa_exc.InterfaceError("SELECT 1", None, Exception("connection already closed"),
+                          connection_invalidated=True),
+    # the numbers no error of the suite's MariaDB gives through PyMySQL: a Unix socket's
+    # refusal (mysqlclient's), a refusal without the OSError PyMySQL chains to its 2003
+    # (mysqlclient's), a reconnect's lost connection
+    PyMySQLError(2002, "Can't connect to local server through socket"),
+    PyMySQLError(2003, "Can't connect to server on '127.0.0.1'"),
+    PyMySQLError(2055, "Lost connection to server at 'reading'"),
+], ids=lambda error: f"{type(error).__name__}{error.args[:1]}")
 def test_network_failures_are_retryable(error: BaseException) -> None:
     assert is_retryable(error)
 
@@ -516,6 +567,47 @@ def test_retrying_sleeps_between_attempts() -> None:
         with attempt:
             work()
     assert asked == [1, 2]
+
+
+def test_retrying_waits_the_backoff_between_attempts() -> None:
+    work = Flaky(2, reset)
+    started = time.monotonic()
+    for attempt in retrying(attempts=3, backoff=lambda retry: 0.05):
+        with attempt:
+            work()
+    assert time.monotonic() - started >= 0.1  # two waits of 50 ms, at least
+
+
+def test_async_retrying_asks_the_backoff_before_each_retry_and_waits_it() -> None:
+    asked: list[int] = []
+
+    def backoff(retry: int) -> float:
+        asked.append(retry)
+        return 0.05
+
+    async def loop() -> float:
+        work = Flaky(2, reset)
+        started = time.monotonic()
+        async for attempt in retrying(attempts=3, backoff=backoff):
+            with attempt:
+                work()
+        return time.monotonic() - started
+
+    assert asyncio.run(loop()) >= 0.1
+    assert asked == [1, 2]
+
+
+def test_one_attempt_is_a_loop_without_retries() -> None:
+    work = Flaky(1, reset)
+    with pytest.raises(ConnectionResetError):
+        run(retrying(attempts=1), work)
+    assert work.calls == 1
+
+
+def test_an_attempt_is_its_own_with_target() -> None:
+    for attempt in retrying(attempts=1):
+        with attempt as entered:
+            assert entered is attempt
 
 
 @pytest.mark.parametrize(("options", "message"), [
