@@ -1892,13 +1892,14 @@ def _set_version(f: _Firing) -> None:
 
 def _run_body(f: _Firing) -> None:
     plan = f.plan
+    ran = plan.fn is not None and f.savepoint is not None  # a body ran in the SAVEPOINT
     f.result = None if plan.fn is None else plan.fn(f.obj, *f.args, **f.kwargs)
-    if f.savepoint is not None:
-        _check_still_open(f)
+    if ran:
+        _check_still_open(f)  # the body may have closed it; nothing else ran yet
     for step in plan.after_write:
         step(f)
-    if f.savepoint is not None and plan.fn is not None:  # what the body changed, in the section
-        f.session.flush()
+    if ran:
+        f.session.flush()  # what the body changed, inside the section
     if transition_succeeded.receivers:
         _send(transition_succeeded, f.obj.__class__, **f.payload(), duration=_elapsed())
 

@@ -285,17 +285,16 @@ def _row_step(who: str, plan: core._Plan, spec: core._Spec,  # pyright: ignore[r
         """The row's values: of the transition written, or of the error state entered
         instead (``to_state``), with the body's attachments, the context's and log_args'
         values (unless ``callers`` is false) and litestate's ``extra``."""
-        values = dict(fixed)
-        if to_state is not _WRITTEN:
-            values[to_key] = to_plain(to_state)
         current = f.current
         plain = from_known.get(current, _WRITTEN)
-        values[from_key] = from_plain(current) if plain is _WRITTEN else plain
+        at = f.at if f.at is not None else core._clock()  # pyright: ignore[reportPrivateUsage]
+        values = {**fixed, from_key: from_plain(current) if plain is _WRITTEN else plain,
+                  at_key: _as_log_time(at, at_aware)}
+        if to_state is not _WRITTEN:
+            values[to_key] = to_plain(to_state)
         state_key = f.state.key[1]
         for key, index, attr in refs_by_key:
             values[key] = state_key[index] if index is not None else getattr(f.obj, attr)
-        at = f.at if f.at is not None else core._clock()  # pyright: ignore[reportPrivateUsage]
-        values[at_key] = _as_log_time(at, at_aware)
         if not callers:
             values[data_key] = dict(extra) if extra else {}
             return values
