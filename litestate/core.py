@@ -853,10 +853,10 @@ class _Plan:
 
     __slots__ = ("after_write", "bind", "blind", "body_wrappers", "changed_at", "changed_naive",
                  "check", "column", "default", "desc", "event", "extras", "fn", "frm",
-                 "guards", "key", "lock", "mapped", "naive", "nested", "normalize",
+                 "guards", "key", "key_columns", "lock", "mapped", "naive", "nested", "normalize",
                  "on_error", "on_failure", "on_failure_in_memory", "only_self", "parameters",
                  "refresh", "spec", "starts_from", "stmt", "timestamp", "to", "version",
-                 "write_conditions")
+                 "where", "write_conditions")
 
     def __init__(self) -> None:
         self.event = self.column = ""
@@ -880,6 +880,10 @@ class _Plan:
         self.stmt: Any = None
         self.bind: dict[str, Any] = {}
         self.key: tuple[tuple[str, int], ...] = ()  # (bind name, index in the identity)
+        #: The UPDATE's conditions (the row's key, the state read, the version) and the key's
+        #: columns, for an extension's own write of the same row (an error state).
+        self.where: tuple[Any, ...] = ()
+        self.key_columns: tuple[Any, ...] = ()
         self.version: _Version | None = None
         self.refresh: tuple[str, ...] = ()
         #: Seams for optional modules: steps run in the atomic section after the write
@@ -1158,6 +1162,7 @@ def _compile_write(plan: _Plan, who: str, mapper: Mapper[Any],
         if plan.version.generate is not None:
             values[version_col] = sa.bindparam("ls_ver_new", type_=version_col.type)
     plan.stmt = sa.update(table).where(*where).values(values)
+    plan.where, plan.key_columns = tuple(where), tuple(key_cols)
     plan.key = tuple((f"ls_pk{i}", i) for i in range(len(key_cols)))
     plan.bind, plan.mapped = {"mapper": mapper}, True
     plan.refresh = tuple(p.key for p in mapper.column_attrs)

@@ -116,10 +116,8 @@ def _compile_update(who: str, cls: type, plan: core._Plan, mapper: Mapper[Any], 
     and the error columns instead."""
     state_col: Any = mapper.column_attrs[plan.column].columns[0]
     table: Any = state_col.table
-    key_cols = core._identity_columns(who, mapper, table)  # pyright: ignore[reportPrivateUsage]
     values: dict[Any, Any] = {state_col: sa.bindparam("ls_to", type_=state_col.type)}
-    where = [c == sa.bindparam(f"ls_pk{i}", type_=c.type) for i, c in enumerate(key_cols)]
-    where.append(state_col == sa.bindparam("ls_from", type_=state_col.type))
+    where = list(plan.where)  # the transition's own: key, state read (exactly), version
     if plan.changed_at is not None:
         changed_col = core._timestamp_column(who, mapper, table, plan.changed_at)  # pyright: ignore[reportPrivateUsage]
         values[changed_col] = sa.bindparam("ls_changed", type_=changed_col.type)
@@ -139,7 +137,6 @@ def _compile_update(who: str, cls: type, plan: core._Plan, mapper: Mapper[Any], 
     version = mapper.version_id_col if plan.version is not None else None
     generate = None
     if plan.version is not None and version is not None:
-        where.append(version == sa.bindparam("ls_ver", type_=version.type))
         generate = plan.version.generate
         if generate is not None:
             values[version] = sa.bindparam("ls_ver_new", type_=version.type)
@@ -150,7 +147,7 @@ def _compile_update(who: str, cls: type, plan: core._Plan, mapper: Mapper[Any], 
         where.extend(held)
         values.update(ended)
     columns = _ErrorColumns(attempts, last_error, last_error_at, limit, naive)
-    key = tuple((f"ls_pk{i}", c) for i, c in enumerate(key_cols))
+    key = tuple((f"ls_pk{i}", c) for i, c in enumerate(plan.key_columns))
     write = _Write(sa.update(table).where(*where).values(values), key, state_col, version,
                    generate)
     return write, columns

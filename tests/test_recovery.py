@@ -1014,3 +1014,24 @@ def test_attempts_that_were_null_count_from_zero(db: sa.Engine) -> None:
         load(session, NullTries, 1).finish()
     with Session(db) as session:
         assert load(session, NullTries, 1).tries == 1
+
+
+def test_the_error_state_compares_states_exactly_as_the_transition_does(
+        server_db: sa.Engine) -> None:
+    """Once the worker's rollback has ended, another transaction writes 'FETCHING': the
+    record's conditional UPDATE must not match it (MariaDB's collation ignores case)."""
+    new_job(server_db)
+    with Session(server_db) as other:
+        worker = Session(server_db)
+
+        def rewrite(session: Session) -> None:
+            if session.get_nested_transaction() is None:
+                other.execute(sa.update(Job).where(Job.id == 1).values(status="FETCHING"))
+                other.commit()
+
+        sa_event.listen(worker, "after_rollback", rewrite)
+        with pytest.raises(FetchFailed) as raised, worker, worker.begin():
+            load(worker, Job, 1).fetch()
+    assert row(server_db)["status"] == "FETCHING"
+    assert row(server_db)["attempts"] == 0
+    assert any("no longer 'fetching'" in note for note in raised.value.__notes__)
