@@ -21,7 +21,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
+
+from tests.pgserver import free_port
 
 URL_ENV = "LITESTATE_MARIADB_URL"
 DATABASE, USER, PASSWORD = "litestate", "litestate", "litestate"
@@ -44,12 +45,6 @@ def _bin(*names: str) -> str:
             if candidate and os.access(candidate, os.X_OK):
                 return candidate
     raise ServerUnavailable(f"none of {', '.join(names)} found (apt-get install mariadb-server)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _account() -> pwd.struct_passwd | None:
@@ -100,7 +95,7 @@ class MariaServer:
         self._data = os.path.join(self._tmp, "data")
         self._log = os.path.join(self._tmp, "server.log")
         self._server: subprocess.Popen[bytes] | None = None
-        self.port = _free_port()
+        self.port = free_port()
         #: The SQLAlchemy URL (PyMySQL) of the tests' database, as the tests' account.
         self.url = (f"mysql+pymysql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{DATABASE}"
                     "?charset=utf8mb4")

@@ -35,7 +35,7 @@ def _pg_bin(name: str) -> str:
     raise ServerUnavailable(f"{name} not found on PATH or in /usr/lib/postgresql/*/bin")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -66,7 +66,7 @@ class PostgresServer:
             os.chown(self._tmp, self._account.pw_uid, self._account.pw_gid)
         self._data = os.path.join(self._tmp, "data")
         self._log = os.path.join(self._tmp, "server.log")
-        self.port = _free_port()
+        self.port = free_port()
         #: The SQLAlchemy URL (psycopg) of its ``postgres`` database.
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 

@@ -34,7 +34,7 @@ from litestate.retry import Retrying
 from litestate.sqlite import enable_savepoints
 from tests.conftest import load, waiting_on_a_lock
 from tests.models import Account, Base, Todo
-from tests.pgserver import _free_port
+from tests.pgserver import free_port
 
 #: PyMySQL's OperationalError (PyMySQL ships no type hints)
 PyMySQLError: Any = importlib.import_module("pymysql.err").OperationalError
@@ -102,7 +102,7 @@ def test_postgresql_errors_are_classified_by_sqlstate(postgres_url: str, driver:
 @pytest.mark.postgres
 def test_a_refused_psycopg_connection_is_retryable() -> None:
     """The server is down (a restart): psycopg's OperationalError carries no SQLSTATE."""
-    engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/x")
+    engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     with pytest.raises(sa_exc.OperationalError) as info:
         engine.connect()
     assert not info.value.connection_invalidated
@@ -124,7 +124,7 @@ def test_a_refused_asyncpg_connection_is_retryable() -> None:
     """asyncpg lets the socket's ConnectionRefusedError through, unwrapped."""
 
     async def connect() -> None:
-        engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/x")
+        engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
         try:
             async with engine.connect():
                 pass
@@ -241,7 +241,7 @@ def test_mariadb_errors_are_classified_by_number(maria: sa.Engine) -> None:
 
 def test_a_refused_pymysql_connection_is_retryable() -> None:
     """Nothing listens (a server restarting): PyMySQL's 2003, can't connect."""
-    engine = sa.create_engine(f"mysql+pymysql://x:y@127.0.0.1:{_free_port()}/x")
+    engine = sa.create_engine(f"mysql+pymysql://x:y@127.0.0.1:{free_port()}/x")
     with pytest.raises(sa_exc.OperationalError) as info:
         engine.connect()
     assert info.value.orig is not None
